@@ -1,0 +1,1 @@
+"""hysparse_kernels.autotune: search spaces, runner, and the `hysparse autotune` command."""

@@ -1,0 +1,34 @@
+"""hysparse-kernels: attention patterns of hybrid models as autotuned kernels behind torch ops.
+
+Public API::
+
+    import hysparse_kernels as hk
+    out = hk.attention(q, k, v, window=128, sink=sink)
+    out, lse, scores = hk.attention_with_block_scores(q, k, v)
+    idx = hk.topk_blocks(scores, 16, seqlen_k=k.shape[2])
+    out = hk.sparse_attention(q2, k, v, idx, sink=sink2)
+    with hk.use_backend("reference"): ...
+
+Importing this package loads no optional backend (triton, tvm, cutlass).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .dispatch import BackendFallbackWarning, BackendUnavailableError, use_backend
+from .ops.attention import attention, attention_with_block_scores, sparse_attention, topk_blocks
+
+try:
+    __version__ = version("hysparse-kernels")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+local"
+
+__all__ = [
+    "attention",
+    "attention_with_block_scores",
+    "topk_blocks",
+    "sparse_attention",
+    "use_backend",
+    "BackendFallbackWarning",
+    "BackendUnavailableError",
+    "__version__",
+]

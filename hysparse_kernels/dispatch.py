@@ -1,0 +1,150 @@
+"""Backend choice for every op: explicit ``backend=`` > ``use_backend()`` > ``HYSPARSE_BACKEND`` > auto.
+
+Each op family registers, per backend, where its implementation lives (``"module:function"``);
+nothing is imported until the op runs on that backend, so a missing optional package never
+breaks ``import hysparse_kernels``.
+
+Rules
+-----
+* explicit ``backend="tvm"`` on a call: that backend or a clear error (not implemented for the op,
+  not installed, or cannot run on the tensors' device).
+* ``use_backend("tvm")`` / ``HYSPARSE_BACKEND=tvm``: that backend for every op that has it; an op
+  without it falls back to auto with one warning. If the op has it but it cannot run, error.
+* auto: the first usable backend in ``AUTO_ORDER[device type]`` that the op implements. Passing
+  over a backend the op implements but that is not usable here warns once (op, backend, device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from contextvars import ContextVar
+from functools import lru_cache
+from typing import Callable, Iterator
+
+from .backends import BACKENDS, status
+
+ENV_VAR = "HYSPARSE_BACKEND"
+
+# Preference of `auto` per device type. CUTLASS only ships grouped GEMM, so it is first on CUDA
+# for the ops that register it; TVM kernels are built for the CPU (llvm) and run CPU tensors.
+AUTO_ORDER = {
+    "cuda": ("cutlass", "triton", "reference"),
+    "cpu": ("tvm", "reference"),
+}
+
+
+class BackendFallbackWarning(UserWarning):
+    """A preferred backend could not be used and another one ran instead."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run this op here."""
+
+
+_IMPLS: dict[str, dict[str, str]] = {}
+_forced: ContextVar[str | None] = ContextVar("hysparse_backend", default=None)
+_warned: set[tuple] = set()
+
+
+def register(op: str, backend: str, target: str) -> None:
+    """Declare that ``op`` has a ``backend`` implementation at ``"package.module:function"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    _IMPLS.setdefault(op, {})[backend] = target
+
+
+def implemented(op: str) -> tuple[str, ...]:
+    """Backends that implement ``op``, in the canonical order of ``BACKENDS``."""
+    impls = _IMPLS.get(op)
+    if impls is None:
+        raise KeyError(f"op: unknown op {op!r}; registered ops: {sorted(_IMPLS)}")
+    return tuple(b for b in BACKENDS if b in impls)
+
+
+def registered_ops() -> dict[str, tuple[str, ...]]:
+    return {op: implemented(op) for op in sorted(_IMPLS)}
+
+
+def _check_name(name: str, what: str) -> str:
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"{what}: expected one of {BACKENDS + ('auto',)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every op inside the block on backend ``name`` (ops without it fall back to auto).
+
+    Example::
+
+        with hysparse_kernels.use_backend("reference"):
+            out = hysparse_kernels.attention(q, k, v)
+    """
+    token = _forced.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _usable_on(backend: str, device_type: str) -> tuple[bool, str]:
+    st = status(backend)
+    if not st.installed:
+        return False, st.reason
+    if device_type not in st.devices:
+        return False, f"{backend} cannot run {device_type} tensors here ({st.reason})"
+    return True, ""
+
+
+def _warn_once(key: tuple, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, BackendFallbackWarning, stacklevel=4)
+
+
+def resolve(op: str, device_type: str, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``device_type`` tensors, following the rules above."""
+    impls = implemented(op)
+    if backend is not None and backend != "auto":
+        _check_name(backend, "backend")
+        if backend not in impls:
+            raise BackendUnavailableError(f"backend: {op} has no {backend!r} implementation; it has {impls}")
+        ok, why = _usable_on(backend, device_type)
+        if not ok:
+            raise BackendUnavailableError(f"backend={backend!r} was asked for {op}, but {why}")
+        return backend
+    forced = _forced.get() or os.environ.get(ENV_VAR) or None
+    if forced is not None and forced != "auto":
+        _check_name(forced, f"{ENV_VAR} / use_backend")
+        if forced in impls:
+            ok, why = _usable_on(forced, device_type)
+            if not ok:
+                raise BackendUnavailableError(f"backend {forced!r} was forced for {op}, but {why}")
+            return forced
+        _warn_once((op, forced, "missing"), f"{op} has no {forced!r} backend (it has {impls}); using auto")
+    for candidate in AUTO_ORDER.get(device_type, ("reference",)):
+        if candidate not in impls:
+            continue
+        ok, why = _usable_on(candidate, device_type)
+        if ok:
+            return candidate
+        _warn_once((op, candidate, device_type), f"{op}: skipping {candidate} ({why})")
+    if "reference" in impls:
+        return "reference"
+    raise BackendUnavailableError(f"{op}: no backend can run on {device_type}; implemented: {impls}")
+
+
+@lru_cache(maxsize=None)
+def get_impl(op: str, backend: str) -> Callable:
+    """Import and return the implementation of ``op`` on ``backend``."""
+    target = _IMPLS[op][backend]
+    module, _, fn = target.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def call(op: str, backend: str | None, device_type: str, *args, **kwargs):
+    """Resolve the backend and run ``op`` on it."""
+    return get_impl(op, resolve(op, device_type, backend))(*args, **kwargs)

@@ -1,0 +1,83 @@
+"""`hysparse info`: versions, the device, and the backend table (which op runs where, and why not)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+
+import torch
+
+from . import dispatch
+from .backends import all_status
+
+
+def device_description() -> str:
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"cuda: {props.name} (sm{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+
+
+def collect() -> dict:
+    from . import __version__
+
+    ops = dispatch.registered_ops()
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "hysparse_kernels": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "device": device_description(),
+        "backends": [
+            {
+                "name": st.name,
+                "installed": st.installed,
+                "version": st.version,
+                "devices": list(st.devices),
+                "why": st.reason,
+                "ops": [op for op, impls in ops.items() if st.name in impls],
+            }
+            for st in all_status()
+        ],
+        "auto": {op: dispatch.resolve(op, device_type) for op in ops},
+    }
+
+
+def format_table(info: dict) -> str:
+    lines = [
+        f"hysparse-kernels {info['hysparse_kernels']}  python {info['python']}  torch {info['torch']}",
+        f"device  {info['device']}",
+        "",
+        f"{'backend':<10} {'version':<14} {'runs on':<10} {'ops':>4}  notes",
+    ]
+    for b in info["backends"]:
+        runs = ",".join(b["devices"]) if b["devices"] else "-"
+        lines.append(f"{b['name']:<10} {b['version'] or '-':<14} {runs:<10} {len(b['ops']):>4}  {b['why']}")
+    lines += ["", "auto picks, on this device:"]
+    width = max((len(op) for op in info["auto"]), default=0)
+    lines += [f"  {op:<{width}}  {backend}" for op, backend in info["auto"].items()]
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the same information as JSON")
+
+
+def run(args) -> int:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dispatch.BackendFallbackWarning)  # the table says it already
+        info = collect()
+    print(json.dumps(info, indent=2) if args.json else format_table(info))
+    return 0

@@ -1,0 +1,1 @@
+"""Op families (one folder each): attention, and those that stand beside it."""

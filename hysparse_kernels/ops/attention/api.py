@@ -1,0 +1,152 @@
+"""Public attention functions: validate inputs, then call the registered ``hysparse`` ops.
+
+Shapes follow torch SDPA: q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]``
+with ``Hq % Hkv == 0`` (GQA) and ``Dqk`` possibly different from ``Dv``. Queries are
+bottom-right aligned: query ``i`` sits at key position ``Sk - Sq + i`` (decode is ``Sq = 1``).
+Outputs are ``[B, Hq, Sq, Dv]`` in q's dtype; lse is ``[B, Hq, Sq]`` float32 (float64 for
+float64 inputs). ``backend`` is ``None``/``"auto"``, ``"reference"``, ``"triton"`` or ``"tvm"``
+(see ``hysparse_kernels.dispatch``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import checks
+from . import ops
+
+
+def _check_qkv(q, k, v) -> None:
+    checks.tensor("q", q, 4, "[B, Hq, Sq, Dqk]")
+    checks.tensor("k", k, 4, "[B, Hkv, Sk, Dqk]")
+    checks.tensor("v", v, 4, "[B, Hkv, Sk, Dv]")
+    checks.floating("q", q)
+    checks.same_dtype("k", k, "q", q)
+    checks.same_dtype("v", v, "q", q)
+    checks.same_device("k", k, "q", q)
+    checks.same_device("v", v, "q", q)
+    B, Hq, _, Dqk = q.shape
+    checks.dim_equal("k", k.shape[0], B, "batch size (q.shape[0])")
+    checks.dim_equal("v", v.shape[0], B, "batch size (q.shape[0])")
+    checks.dim_equal("v", v.shape[1], k.shape[1], "kv heads (k.shape[1])")
+    checks.dim_equal("v", v.shape[2], k.shape[2], "kv length (k.shape[2])")
+    checks.dim_equal("k", k.shape[3], Dqk, "head dim Dqk (q.shape[3])")
+    if k.shape[1] == 0 or Hq % k.shape[1]:
+        raise ValueError(f"k: expected kv heads dividing the {Hq} query heads (GQA), got {k.shape[1]}")
+
+
+def _check_sink(sink, q) -> None:
+    if sink is None:
+        return
+    checks.tensor("sink", sink, 1, "[Hq]")
+    checks.floating("sink", sink)
+    checks.dim_equal("sink", sink.shape[0], q.shape[1], "one value per query head, Hq")
+    checks.same_device("sink", sink, "q", q)
+
+
+def _scale(scale, q) -> float:
+    checks.positive_float("scale", scale)
+    return float(scale) if scale is not None else q.shape[-1] ** -0.5
+
+
+def _backend(backend) -> str:
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend: expected a backend name or None, got {type(backend).__name__}")
+    return backend or "auto"
+
+
+def attention(q, k, v, *, causal=True, window=None, sink=None, scale=None, return_lse=False, backend=None):
+    """Causal (or full) attention, optionally sliding-window and with a learnable sink.
+
+    Args:
+        q: ``[B, Hq, Sq, Dqk]``; k: ``[B, Hkv, Sk, Dqk]``; v: ``[B, Hkv, Sk, Dv]``.
+        causal: mask keys after the query (bottom-right aligned).
+        window: if set (needs ``causal``), query i sees itself and the ``window - 1`` keys before it.
+        sink: ``[Hq]`` per-head logit added to the softmax denominator only; receives a gradient.
+        scale: logit scale, default ``Dqk ** -0.5``.
+        return_lse: also return the log-sum-exp ``[B, Hq, Sq]`` (to merge partial results).
+
+    Returns:
+        out ``[B, Hq, Sq, Dv]`` (and lse).
+
+    Example::
+
+        q = torch.randn(1, 8, 100, 64); k = v = torch.randn(1, 2, 100, 64)
+        out = hysparse_kernels.attention(q, k, v, window=16, sink=torch.zeros(8))
+    """
+    _check_qkv(q, k, v)
+    _check_sink(sink, q)
+    checks.positive_int("window", window, allow_none=True)
+    if window is not None and not causal:
+        raise ValueError(f"window: a sliding window needs causal=True, got window={window} with causal=False")
+    out, lse = ops.attention_fwd(q, k, v, sink, bool(causal), window, _scale(scale, q), _backend(backend))
+    return (out, lse) if return_lse else out
+
+
+def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=None, backend=None):
+    """Attention that also emits HySparse block scores (the oracle of the sparse layers after it).
+
+    ``block_scores[b, g, i, n]`` is the max over the query heads of KV group ``g`` of the largest
+    softmax probability query ``i`` gives a key of block ``n`` (keys ``n*block_size`` to
+    ``(n+1)*block_size - 1``); 0 for blocks the query cannot see.
+
+    Returns:
+        out ``[B, Hq, Sq, Dv]``, lse ``[B, Hq, Sq]``, block_scores ``[B, Hkv, Sq, ceil(Sk/block_size)]``.
+        Gradients flow through out and lse; the scores carry none.
+    """
+    _check_qkv(q, k, v)
+    checks.power_of_two("block_size", block_size)
+    return ops.attention_block_scores(q, k, v, block_size, bool(causal), _scale(scale, q), _backend(backend))
+
+
+def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, backend=None) -> Tensor:
+    """The ``k`` highest-scoring visible KV blocks per (batch, KV head, query).
+
+    Args:
+        block_scores: ``[B, Hkv, Sq, ceil(seqlen_k / block_size)]`` from ``attention_with_block_scores``.
+        k: blocks to keep per query.
+        seqlen_k: keys in the cache; query i sits at ``seqlen_k - Sq + i`` and may select only
+            blocks at or before its own.
+
+    Returns:
+        int32 ``[B, Hkv, Sq, k]``: block ids by descending score (ties to the lower id), ``-1``
+        where fewer than ``k`` blocks are visible.
+    """
+    checks.tensor("block_scores", block_scores, 4, "[B, Hkv, Sq, num_blocks]")
+    checks.floating("block_scores", block_scores)
+    checks.positive_int("k", k)
+    checks.power_of_two("block_size", block_size)
+    checks.positive_int("seqlen_k", seqlen_k)
+    nblocks = -(-seqlen_k // block_size)
+    checks.dim_equal("block_scores", block_scores.shape[3], nblocks, f"ceil(seqlen_k / block_size) blocks")
+    return ops.topk_blocks(block_scores, k, block_size, seqlen_k, _backend(backend))
+
+
+def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, return_lse=False, backend=None):
+    """Attention of each query over its selected KV blocks of a (shared) cache.
+
+    The HySparse sparse branch: ``k``/``v`` are the preceding full layer's cache, ``indices`` its
+    top-k blocks (shared by the query heads of a KV group). Keys after the query are masked
+    (causal inside the query's own block). Each listed block counts once.
+
+    Args:
+        q: ``[B, Hq, Sq, Dqk]``; k: ``[B, Hkv, Sk, Dqk]``; v: ``[B, Hkv, Sk, Dv]``.
+        indices: int ``[B, Hkv, Sq, topk]`` block ids in ``[0, ceil(Sk/block_size))``, ``-1`` pads.
+        sink: ``[Hq]`` per-head softmax sink (see ``attention``).
+
+    Returns:
+        out ``[B, Hq, Sq, Dv]`` (and lse ``[B, Hq, Sq]``). Gradients reach q, k, v and sink.
+    """
+    _check_qkv(q, k, v)
+    _check_sink(sink, q)
+    checks.power_of_two("block_size", block_size)
+    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
+    checks.integer("indices", indices)
+    checks.same_device("indices", indices, "q", q)
+    B, Hkv, Sq = k.shape[0], k.shape[1], q.shape[2]
+    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
+        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
+    out, lse = ops.sparse_attention_fwd(
+        q, k, v, indices, block_size, sink, _scale(scale, q), _backend(backend)
+    )
+    return (out, lse) if return_lse else out

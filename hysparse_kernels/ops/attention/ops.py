@@ -1,0 +1,231 @@
+"""torch.library registration of the attention ops (namespace ``hysparse``).
+
+Each op resolves its backend when it runs (see ``hysparse_kernels.dispatch``), so a compiled
+graph keeps honouring ``use_backend()`` and ``HYSPARSE_BACKEND``. This module imports no backend:
+implementations are registered by their import path and loaded on first use.
+
+Ops (all outputs are new, contiguous tensors; nothing is mutated):
+
+* ``hysparse::attention_fwd(q, k, v, sink?, causal, window?, scale, backend) -> (out, lse)``
+* ``hysparse::attention_bwd(dout, dlse, q, k, v, sink?, out, lse, causal, window?, scale, backend)
+  -> (dq, dk, dv, dsink)``; ``dsink`` is zeros ``[Hq]`` when there is no sink.
+* ``hysparse::attention_block_scores(q, k, v, block_size, causal, scale, backend)
+  -> (out, lse, block_scores)``; differentiable in out and lse, not in the scores.
+* ``hysparse::topk_blocks(block_scores, k, block_size, seqlen_k, backend) -> indices``
+* ``hysparse::sparse_attention_fwd / _bwd``: like attention, over selected KV blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ... import dispatch
+
+_REF = "hysparse_kernels.ops.attention.reference"
+for _op, _fn in {
+    "attention_fwd": "attention_fwd",
+    "attention_bwd": "attention_bwd",
+    "attention_block_scores": "attention_with_block_scores",
+    "topk_blocks": "topk_blocks",
+    "sparse_attention_fwd": "sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_attention_bwd",
+}.items():
+    dispatch.register(_op, "reference", f"{_REF}:{_fn}")
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _backend(name: str) -> str | None:
+    return None if name == "auto" else name
+
+
+def _dsink_or_zeros(dsink: Tensor | None, sink: Tensor | None, q: Tensor) -> Tensor:
+    if dsink is not None:
+        return dsink.to(sink.dtype).contiguous()
+    return torch.zeros(q.shape[1], dtype=_stat_dtype(q.dtype), device=q.device)
+
+
+def _fake_dsink(sink: Tensor | None, q: Tensor) -> Tensor:
+    dtype = sink.dtype if sink is not None else _stat_dtype(q.dtype)
+    return q.new_empty(q.shape[1], dtype=dtype)
+
+
+# ---------------------------------------------------------------- full / sliding-window attention
+
+
+@torch.library.custom_op("hysparse::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, sink: Optional[Tensor], causal: bool, window: Optional[int], scale: float, backend: str
+) -> tuple[Tensor, Tensor]:
+    out, lse = dispatch.call("attention_fwd", _backend(backend), q.device.type, q, k, v, sink, causal, window, scale)
+    return out.contiguous(), lse.contiguous()
+
+
+@attention_fwd.register_fake
+def _(q, k, v, sink, causal, window, scale, backend):
+    B, Hq, Sq, _ = q.shape
+    return q.new_empty(B, Hq, Sq, v.shape[-1]), q.new_empty(B, Hq, Sq, dtype=_stat_dtype(q.dtype))
+
+
+@torch.library.custom_op("hysparse::attention_bwd", mutates_args=())
+def attention_bwd(
+    dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, sink: Optional[Tensor], out: Tensor, lse: Tensor,
+    causal: bool, window: Optional[int], scale: float, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, dsink = dispatch.call(
+        "attention_bwd", _backend(backend), q.device.type, dout, dlse, q, k, v, sink, out, lse, causal, window, scale
+    )
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), _dsink_or_zeros(dsink, sink, q)
+
+
+@attention_bwd.register_fake
+def _(dout, dlse, q, k, v, sink, out, lse, causal, window, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), _fake_dsink(sink, q)
+
+
+def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    return grad if grad is not None else torch.zeros_like(like)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, sink, causal, window, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, sink, out, lse)
+    ctx.args = (causal, window, scale, backend)
+
+
+def _attention_backward(ctx, dout, dlse):
+    q, k, v, sink, out, lse = ctx.saved_tensors
+    causal, window, scale, backend = ctx.args
+    dq, dk, dv, dsink = attention_bwd(
+        _grad_or_zeros(dout, out), _grad_or_zeros(dlse, lse), q, k, v, sink, out, lse, causal, window, scale, backend
+    )
+    return dq, dk, dv, (dsink if sink is not None else None), None, None, None, None
+
+
+attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+# ---------------------------------------------------------------- HySparse oracle: block scores, top-k
+
+
+@torch.library.custom_op("hysparse::attention_block_scores", mutates_args=())
+def attention_block_scores(
+    q: Tensor, k: Tensor, v: Tensor, block_size: int, causal: bool, scale: float, backend: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    out, lse, scores = dispatch.call(
+        "attention_block_scores", _backend(backend), q.device.type, q, k, v, block_size, causal, scale
+    )
+    return out.contiguous(), lse.contiguous(), scores.contiguous()
+
+
+@attention_block_scores.register_fake
+def _(q, k, v, block_size, causal, scale, backend):
+    B, Hq, Sq, _ = q.shape
+    nblocks = -(-k.shape[2] // block_size)
+    stat = _stat_dtype(q.dtype)
+    return (
+        q.new_empty(B, Hq, Sq, v.shape[-1]),
+        q.new_empty(B, Hq, Sq, dtype=stat),
+        q.new_empty(B, k.shape[1], Sq, nblocks, dtype=stat),
+    )
+
+
+def _block_scores_setup(ctx, inputs, output):
+    q, k, v, block_size, causal, scale, backend = inputs
+    out, lse, _ = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.args = (causal, scale, backend)
+
+
+def _block_scores_backward(ctx, dout, dlse, dscores):
+    # The scores feed a discrete top-k: they carry no gradient (DESIGN.md, oracle selection).
+    q, k, v, out, lse = ctx.saved_tensors
+    causal, scale, backend = ctx.args
+    dq, dk, dv, _ = attention_bwd(
+        _grad_or_zeros(dout, out), _grad_or_zeros(dlse, lse), q, k, v, None, out, lse, causal, None, scale, backend
+    )
+    return dq, dk, dv, None, None, None, None
+
+
+attention_block_scores.register_autograd(_block_scores_backward, setup_context=_block_scores_setup)
+
+
+@torch.library.custom_op("hysparse::topk_blocks", mutates_args=())
+def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int, backend: str) -> Tensor:
+    idx = dispatch.call("topk_blocks", _backend(backend), block_scores.device.type, block_scores, k, block_size, seqlen_k)
+    return idx.contiguous()
+
+
+@topk_blocks.register_fake
+def _(block_scores, k, block_size, seqlen_k, backend):
+    B, Hkv, Sq, _ = block_scores.shape
+    return block_scores.new_empty(B, Hkv, Sq, k, dtype=torch.int32)
+
+
+# ---------------------------------------------------------------- sparse attention over selected blocks
+
+
+def check_indices(indices: Tensor, num_blocks: int) -> None:
+    """Values of ``indices`` must lie in ``[-1, num_blocks)`` (checked at run time, not traced)."""
+    if indices.numel() and (bool((indices < -1).any()) or bool((indices >= num_blocks).any())):
+        lo, hi = int(indices.min()), int(indices.max())
+        raise ValueError(f"indices: expected block ids in [-1, {num_blocks}) (-1 pads), got values in [{lo}, {hi}]")
+
+
+@torch.library.custom_op("hysparse::sparse_attention_fwd", mutates_args=())
+def sparse_attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, indices: Tensor, block_size: int, sink: Optional[Tensor], scale: float, backend: str
+) -> tuple[Tensor, Tensor]:
+    check_indices(indices, -(-k.shape[2] // block_size))
+    out, lse = dispatch.call(
+        "sparse_attention_fwd", _backend(backend), q.device.type, q, k, v, indices, block_size, sink, scale
+    )
+    return out.contiguous(), lse.contiguous()
+
+
+@sparse_attention_fwd.register_fake
+def _(q, k, v, indices, block_size, sink, scale, backend):
+    B, Hq, Sq, _ = q.shape
+    return q.new_empty(B, Hq, Sq, v.shape[-1]), q.new_empty(B, Hq, Sq, dtype=_stat_dtype(q.dtype))
+
+
+@torch.library.custom_op("hysparse::sparse_attention_bwd", mutates_args=())
+def sparse_attention_bwd(
+    dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, sink: Optional[Tensor], out: Tensor,
+    lse: Tensor, block_size: int, scale: float, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, dsink = dispatch.call(
+        "sparse_attention_bwd", _backend(backend), q.device.type,
+        dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale,
+    )
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), _dsink_or_zeros(dsink, sink, q)
+
+
+@sparse_attention_bwd.register_fake
+def _(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), _fake_dsink(sink, q)
+
+
+def _sparse_setup(ctx, inputs, output):
+    q, k, v, indices, block_size, sink, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, indices, sink, out, lse)
+    ctx.args = (block_size, scale, backend)
+
+
+def _sparse_backward(ctx, dout, dlse):
+    q, k, v, indices, sink, out, lse = ctx.saved_tensors
+    block_size, scale, backend = ctx.args
+    dq, dk, dv, dsink = sparse_attention_bwd(
+        _grad_or_zeros(dout, out), _grad_or_zeros(dlse, lse), q, k, v, indices, sink, out, lse, block_size, scale, backend
+    )
+    return dq, dk, dv, None, None, (dsink if sink is not None else None), None, None
+
+
+sparse_attention_fwd.register_autograd(_sparse_backward, setup_context=_sparse_setup)

@@ -1,0 +1,188 @@
+"""Pure-PyTorch attention oracle: readable, materialised, float64-capable.
+
+Everything here builds the full ``[B, Hq, Sq, Sk]`` logit matrix on purpose: it is the ground
+truth that the Triton and TVM kernels are measured against, not a fast path. Optimised code
+never imports this module.
+
+Conventions (shared by every backend):
+
+* q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]``, ``Hq % Hkv == 0``;
+  query head ``h`` reads KV head ``h // (Hq // Hkv)``.
+* Queries are bottom-right aligned: query ``i`` sits at key position ``Sk - Sq + i``.
+* Causal: key ``j`` visible to query ``i`` when ``j <= pos_i``; with ``window=W`` also when
+  ``j > pos_i - W`` (the query and the ``W - 1`` keys before it).
+* Sink: per-head logit added to the softmax denominator only,
+  ``p_ij = exp(a_ij - m_i) / (exp(sink_h - m_i) + sum_j exp(a_ij - m_i))``.
+* A query that sees no key gets ``out = 0`` and ``lse = -inf`` (``lse = sink`` with a sink).
+* lse is float32 (float64 for float64 inputs), natural log, of the scaled logits (and the sink).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _compute_dtype(dtype: torch.dtype, compute_dtype: torch.dtype | None) -> torch.dtype:
+    if compute_dtype is not None:
+        return compute_dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of lse and block scores for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def query_positions(sq: int, sk: int, device=None) -> Tensor:
+    """Key position of each query under bottom-right alignment: ``[Sq]`` int64."""
+    return torch.arange(sk - sq, sk, device=device)
+
+
+def visible_mask(sq: int, sk: int, *, causal: bool, window: int | None, device=None) -> Tensor:
+    """``[Sq, Sk]`` bool: may query i attend to key j."""
+    pos = query_positions(sq, sk, device)[:, None]
+    j = torch.arange(sk, device=device)[None, :]
+    mask = torch.ones(sq, sk, dtype=torch.bool, device=device)
+    if causal:
+        mask &= j <= pos
+    if window is not None:
+        mask &= j > pos - window
+    return mask
+
+
+def masked_attention(q, k, v, mask, sink=None, scale=None, compute_dtype=None):
+    """Attention over the keys that ``mask`` allows.
+
+    Args:
+        mask: bool, broadcastable to ``[B, Hkv, Sq, Sk]`` (per KV group; GQA heads share it).
+        compute_dtype: dtype of every step (default float32, float64 for float64 inputs);
+            pass ``torch.bfloat16`` to emulate a low-precision computation.
+
+    Returns:
+        out ``[B, Hq, Sq, Dv]`` in q's dtype, lse ``[B, Hq, Sq]``, probs ``[B, Hq, Sq, Sk]``.
+    """
+    B, Hq, Sq, Dqk = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    cdt = _compute_dtype(q.dtype, compute_dtype)
+    scale = Dqk**-0.5 if scale is None else scale
+    # GQA: query head h reads KV head h // group.
+    kx = k.to(cdt).repeat_interleave(group, dim=1)
+    vx = v.to(cdt).repeat_interleave(group, dim=1)
+    mask = mask.expand(B, Hkv, Sq, k.shape[2]).repeat_interleave(group, dim=1)
+    logits = (q.to(cdt) @ kx.transpose(-1, -2)) * scale  # [B, Hq, Sq, Sk]
+    logits = logits.masked_fill(~mask, float("-inf"))
+    m = logits.amax(dim=-1, keepdim=True)
+    if sink is not None:
+        m = torch.maximum(m, sink.to(cdt).view(1, Hq, 1, 1))
+    m = torch.where(torch.isinf(m) & (m < 0), torch.zeros_like(m), m).detach()
+    e = torch.exp(logits - m)
+    denom = e.sum(dim=-1, keepdim=True)
+    if sink is not None:
+        denom = denom + torch.exp(sink.to(cdt).view(1, Hq, 1, 1) - m)
+    seen = denom > 0
+    probs = e / torch.where(seen, denom, torch.ones_like(denom))
+    lse = torch.where(seen, m + torch.log(torch.where(seen, denom, torch.ones_like(denom))), float("-inf"))
+    out = probs @ vx
+    return out.to(q.dtype), lse.squeeze(-1).to(stat_dtype(q.dtype)), probs
+
+
+def attention_fwd(q, k, v, sink, causal, window, scale, compute_dtype=None):
+    """Full / sliding-window attention with optional sink. Returns ``(out, lse)``."""
+    mask = visible_mask(q.shape[2], k.shape[2], causal=causal, window=window, device=q.device)
+    out, lse, _ = masked_attention(q, k, v, mask, sink, scale, compute_dtype)
+    return out, lse
+
+
+def block_scores_from_probs(probs: Tensor, num_kv_heads: int, block_size: int) -> Tensor:
+    """``[B, Hq, Sq, Sk]`` probabilities -> ``[B, Hkv, Sq, ceil(Sk / block_size)]`` block scores.
+
+    Max over the query heads of each KV group, then max over the keys of each block.
+    """
+    B, Hq, Sq, Sk = probs.shape
+    group_max = probs.view(B, num_kv_heads, Hq // num_kv_heads, Sq, Sk).amax(dim=2)
+    nblocks = -(-Sk // block_size)
+    padded = torch.nn.functional.pad(group_max, (0, nblocks * block_size - Sk))
+    return padded.view(B, num_kv_heads, Sq, nblocks, block_size).amax(dim=-1)
+
+
+def attention_with_block_scores(q, k, v, block_size, causal, scale, compute_dtype=None):
+    """Attention plus HySparse block scores. Returns ``(out, lse, block_scores)``."""
+    mask = visible_mask(q.shape[2], k.shape[2], causal=causal, window=None, device=q.device)
+    out, lse, probs = masked_attention(q, k, v, mask, None, scale, compute_dtype)
+    scores = block_scores_from_probs(probs, k.shape[1], block_size).to(stat_dtype(q.dtype))
+    return out, lse, scores
+
+
+def visible_blocks(sq: int, seqlen_k: int, block_size: int, device=None) -> Tensor:
+    """``[Sq]`` int64: how many KV blocks query i may select (those at or before its own)."""
+    pos = query_positions(sq, seqlen_k, device)
+    return torch.clamp(torch.div(pos, block_size, rounding_mode="floor") + 1, min=0)
+
+
+def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int) -> Tensor:
+    """The ``k`` best visible blocks per (batch, KV head, query): int32 ``[B, Hkv, Sq, k]``.
+
+    Ordered by score, ties to the lower block index; ``-1`` pads where fewer than ``k`` blocks
+    are visible. A block after the query's own block is never chosen, whatever its score.
+    """
+    B, Hkv, Sq, nblocks = block_scores.shape
+    nvis = visible_blocks(Sq, seqlen_k, block_size, block_scores.device)  # [Sq]
+    blk = torch.arange(nblocks, device=block_scores.device)
+    visible = blk[None, :] < nvis[:, None]  # [Sq, nblocks]
+    keyed = block_scores.masked_fill(~visible, float("-inf"))
+    # stable sort on the negated scores: equal scores keep ascending block order
+    order = torch.sort(-keyed, dim=-1, stable=True).indices
+    take = min(k, nblocks)
+    chosen = order[..., :take]
+    chosen_visible = torch.gather(visible.expand(B, Hkv, Sq, nblocks), -1, chosen)
+    idx = torch.where(chosen_visible, chosen, torch.full_like(chosen, -1))
+    if take < k:
+        idx = torch.nn.functional.pad(idx, (0, k - take), value=-1)
+    return idx.to(torch.int32)
+
+
+def sparse_mask(indices: Tensor, sq: int, sk: int, block_size: int) -> Tensor:
+    """``[B, Hkv, Sq, Sk]`` bool: keys of the selected blocks, causal (no key after the query)."""
+    B, Hkv, _, _ = indices.shape
+    nblocks = -(-sk // block_size)
+    idx = indices.long()
+    idx = torch.where(idx < 0, torch.full_like(idx, nblocks), idx)  # -1 -> a dropped slot
+    chosen = torch.zeros(B, Hkv, sq, nblocks + 1, dtype=torch.bool, device=indices.device)
+    chosen.scatter_(-1, idx, True)
+    key_block = torch.arange(sk, device=indices.device) // block_size
+    mask = chosen[..., :nblocks][..., key_block]
+    return mask & visible_mask(sq, sk, causal=True, window=None, device=indices.device)
+
+
+def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale, compute_dtype=None):
+    """Attention over the selected KV blocks of a (shared) cache. Returns ``(out, lse)``."""
+    mask = sparse_mask(indices, q.shape[2], k.shape[2], block_size)
+    out, lse, _ = masked_attention(q, k, v, mask, sink, scale, compute_dtype)
+    return out, lse
+
+
+def _grads(fn, dout, dlse, q, k, v, sink):
+    """Backward by recomputation: autograd through the materialised forward."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        sink_leaf = sink.detach().requires_grad_() if sink is not None else None
+        out, lse = fn(*leaves, sink_leaf)
+        inputs = leaves + ([sink_leaf] if sink_leaf is not None else [])
+        grads = torch.autograd.grad((out, lse), inputs, (dout, dlse), allow_unused=True)
+    dq, dk, dv = (g if g is not None else torch.zeros_like(t) for g, t in zip(grads[:3], (q, k, v)))
+    dsink = grads[3] if sink is not None else None
+    return dq, dk, dv, dsink
+
+
+def attention_bwd(dout, dlse, q, k, v, sink, out, lse, causal, window, scale):
+    """Gradients ``(dq, dk, dv, dsink)``; ``dsink`` is None without a sink."""
+    fn = lambda q_, k_, v_, s_: attention_fwd(q_, k_, v_, s_, causal, window, scale)  # noqa: E731
+    return _grads(fn, dout, dlse, q, k, v, sink)
+
+
+def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale):
+    """Gradients of sparse attention; dk/dv land on the shared cache's selected blocks."""
+    fn = lambda q_, k_, v_, s_: sparse_attention_fwd(q_, k_, v_, indices, block_size, s_, scale)  # noqa: E731
+    return _grads(fn, dout, dlse, q, k, v, sink)

@@ -1,0 +1,1 @@
+"""hysparse_kernels.ir: attention patterns, model graphs, passes (KV plan, selection plan, kernel plan), export."""

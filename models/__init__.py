@@ -1,0 +1,1 @@
+"""hysparse_kernels.models: configs and registry, modules, KV cache, generation, loading."""

@@ -1,0 +1,1 @@
+"""hysparse_kernels.training: tasks, pretraining (LM + MTP), RL recipes."""
