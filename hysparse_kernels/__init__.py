@@ -15,7 +15,14 @@ Importing this package loads no optional backend (triton, tvm, cutlass).
 from importlib.metadata import PackageNotFoundError, version
 
 from .dispatch import BackendFallbackWarning, BackendUnavailableError, use_backend
-from .ops.attention import attention, attention_with_block_scores, sparse_attention, topk_blocks
+from .ops.attention import (
+    attention,
+    attention_decode,
+    attention_with_block_scores,
+    sparse_attention,
+    sparse_attention_decode,
+    topk_blocks,
+)
 
 try:
     __version__ = version("hysparse-kernels")
@@ -27,6 +34,8 @@ __all__ = [
     "attention_with_block_scores",
     "topk_blocks",
     "sparse_attention",
+    "attention_decode",
+    "sparse_attention_decode",
     "use_backend",
     "BackendFallbackWarning",
     "BackendUnavailableError",

@@ -150,3 +150,55 @@ def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, 
         q, k, v, indices, block_size, sink, _scale(scale, q), _backend(backend)
     )
     return (out, lse) if return_lse else out
+
+
+def _check_seqlens(cache_seqlens, q) -> None:
+    checks.tensor("cache_seqlens", cache_seqlens, 1, "[B]")
+    checks.integer("cache_seqlens", cache_seqlens)
+    checks.same_device("cache_seqlens", cache_seqlens, "q", q)
+    checks.dim_equal("cache_seqlens", cache_seqlens.shape[0], q.shape[0], "one length per sequence, B")
+
+
+def attention_decode(q, k_cache, v_cache, cache_seqlens, *, window=None, sink=None, scale=None, return_lse=False, backend=None):
+    """One decode (or speculative-verification) step over a padded KV cache.
+
+    Args:
+        q: ``[B, Hq, Sq, Dqk]`` new queries (``Sq = 1``, or ``1 + draft tokens``).
+        k_cache: ``[B, Hkv, Smax, Dqk]``; v_cache: ``[B, Hkv, Smax, Dv]``; the first
+            ``cache_seqlens[b]`` positions of sequence ``b`` are valid and already include the
+            new tokens, so query ``i`` sits at ``cache_seqlens[b] - Sq + i``.
+        cache_seqlens: int ``[B]``, each in ``[Sq, Smax]``.
+        window, sink, scale: as in ``attention`` (always causal).
+
+    Returns:
+        out ``[B, Hq, Sq, Dv]`` (and lse ``[B, Hq, Sq]``). Inference only: no gradient.
+    """
+    _check_qkv(q, k_cache, v_cache)
+    _check_sink(sink, q)
+    _check_seqlens(cache_seqlens, q)
+    checks.positive_int("window", window, allow_none=True)
+    out, lse = ops.attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, _scale(scale, q), _backend(backend))
+    return (out, lse) if return_lse else out
+
+
+def sparse_attention_decode(
+    q, k_cache, v_cache, cache_seqlens, indices, *, block_size=64, sink=None, scale=None, return_lse=False, backend=None
+):
+    """A decode step of the HySparse sparse branch over selected blocks of the shared cache.
+
+    Args as in ``attention_decode``, plus ``indices`` int ``[B, Hkv, Sq, topk]`` (block ids,
+    ``-1`` pads) from the full layer's ``topk_blocks``.
+    """
+    _check_qkv(q, k_cache, v_cache)
+    _check_sink(sink, q)
+    _check_seqlens(cache_seqlens, q)
+    checks.power_of_two("block_size", block_size)
+    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
+    checks.integer("indices", indices)
+    B, Hkv, Sq = k_cache.shape[0], k_cache.shape[1], q.shape[2]
+    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
+        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
+    out, lse = ops.sparse_attention_decode(
+        q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, _scale(scale, q), _backend(backend)
+    )
+    return (out, lse) if return_lse else out

@@ -13,6 +13,9 @@ Ops (all outputs are new, contiguous tensors; nothing is mutated):
   -> (out, lse, block_scores)``; differentiable in out and lse, not in the scores.
 * ``hysparse::topk_blocks(block_scores, k, block_size, seqlen_k, backend) -> indices``
 * ``hysparse::sparse_attention_fwd / _bwd``: like attention, over selected KV blocks.
+* ``hysparse::attention_decode(q, k_cache, v_cache, cache_seqlens, sink?, window?, scale, backend)
+  -> (out, lse)`` and ``hysparse::sparse_attention_decode(..., indices, block_size, sink?, scale,
+  backend)``: inference steps over padded caches with per-sequence lengths (no autograd).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ for _op, _fn in {
     "topk_blocks": "topk_blocks",
     "sparse_attention_fwd": "sparse_attention_fwd",
     "sparse_attention_bwd": "sparse_attention_bwd",
+    "attention_decode": "attention_decode",
+    "sparse_attention_decode": "sparse_attention_decode",
 }.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
 
@@ -229,3 +234,57 @@ def _sparse_backward(ctx, dout, dlse):
 
 
 sparse_attention_fwd.register_autograd(_sparse_backward, setup_context=_sparse_setup)
+
+
+# ---------------------------------------------------------------- decode over padded caches
+
+
+def check_seqlens(cache_seqlens: Tensor, sq: int, smax: int) -> None:
+    """Each sequence must hold its ``Sq`` new tokens and fit the cache (checked at run time)."""
+    if cache_seqlens.numel() and (bool((cache_seqlens < sq).any()) or bool((cache_seqlens > smax).any())):
+        lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+        raise ValueError(
+            f"cache_seqlens: expected lengths in [Sq={sq}, cache size {smax}] (the cache holds the new tokens), "
+            f"got values in [{lo}, {hi}]"
+        )
+
+
+def _fake_out_lse(q, v):
+    B, Hq, Sq, _ = q.shape
+    return q.new_empty(B, Hq, Sq, v.shape[-1]), q.new_empty(B, Hq, Sq, dtype=_stat_dtype(q.dtype))
+
+
+@torch.library.custom_op("hysparse::attention_decode", mutates_args=())
+def attention_decode(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, sink: Optional[Tensor], window: Optional[int],
+    scale: float, backend: str,
+) -> tuple[Tensor, Tensor]:
+    check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
+    out, lse = dispatch.call(
+        "attention_decode", _backend(backend), q.device.type, q, k_cache, v_cache, cache_seqlens, sink, window, scale
+    )
+    return out.contiguous(), lse.contiguous()
+
+
+@attention_decode.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, sink, window, scale, backend):
+    return _fake_out_lse(q, v_cache)
+
+
+@torch.library.custom_op("hysparse::sparse_attention_decode", mutates_args=())
+def sparse_attention_decode(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, indices: Tensor, block_size: int,
+    sink: Optional[Tensor], scale: float, backend: str,
+) -> tuple[Tensor, Tensor]:
+    check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
+    check_indices(indices, -(-k_cache.shape[2] // block_size))
+    out, lse = dispatch.call(
+        "sparse_attention_decode", _backend(backend), q.device.type,
+        q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale,
+    )
+    return out.contiguous(), lse.contiguous()
+
+
+@sparse_attention_decode.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale, backend):
+    return _fake_out_lse(q, v_cache)

@@ -143,8 +143,11 @@ def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int) ->
     return idx.to(torch.int32)
 
 
-def sparse_mask(indices: Tensor, sq: int, sk: int, block_size: int) -> Tensor:
-    """``[B, Hkv, Sq, Sk]`` bool: keys of the selected blocks, causal (no key after the query)."""
+def sparse_mask(indices: Tensor, sq: int, sk: int, block_size: int, positions: Tensor | None = None) -> Tensor:
+    """``[B, Hkv, Sq, Sk]`` bool: keys of the selected blocks, causal (no key after the query).
+
+    ``positions``: ``[B, Sq]`` key position of each query (default: bottom-right aligned).
+    """
     B, Hkv, _, _ = indices.shape
     nblocks = -(-sk // block_size)
     idx = indices.long()
@@ -153,13 +156,45 @@ def sparse_mask(indices: Tensor, sq: int, sk: int, block_size: int) -> Tensor:
     chosen.scatter_(-1, idx, True)
     key_block = torch.arange(sk, device=indices.device) // block_size
     mask = chosen[..., :nblocks][..., key_block]
-    return mask & visible_mask(sq, sk, causal=True, window=None, device=indices.device)
+    if positions is None:
+        return mask & visible_mask(sq, sk, causal=True, window=None, device=indices.device)
+    j = torch.arange(sk, device=indices.device)
+    return mask & (j[None, None, None, :] <= positions[:, None, :, None])
 
 
 def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale, compute_dtype=None):
     """Attention over the selected KV blocks of a (shared) cache. Returns ``(out, lse)``."""
     mask = sparse_mask(indices, q.shape[2], k.shape[2], block_size)
     out, lse, _ = masked_attention(q, k, v, mask, sink, scale, compute_dtype)
+    return out, lse
+
+
+def decode_positions(cache_seqlens: Tensor, sq: int) -> Tensor:
+    """``[B, Sq]`` key position of each new query: the cache already holds them, so query i of
+    sequence b sits at ``cache_seqlens[b] - Sq + i``."""
+    return cache_seqlens.long()[:, None] - sq + torch.arange(sq, device=cache_seqlens.device)[None, :]
+
+
+def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale, compute_dtype=None):
+    """Decode / verification step over a padded cache with per-sequence lengths.
+
+    q ``[B, Hq, Sq, Dqk]`` (Sq = 1, or 1 + draft tokens), caches ``[B, Hkv, Smax, D]`` holding
+    ``cache_seqlens[b]`` valid keys each (the new tokens included). Causal, optional window/sink.
+    """
+    pos = decode_positions(cache_seqlens, q.shape[2])[:, None, :, None]  # [B, 1, Sq, 1]
+    j = torch.arange(k_cache.shape[2], device=q.device)[None, None, None, :]
+    mask = j <= pos
+    if window is not None:
+        mask = mask & (j > pos - window)
+    out, lse, _ = masked_attention(q, k_cache, v_cache, mask, sink, scale, compute_dtype)
+    return out, lse
+
+
+def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale, compute_dtype=None):
+    """Sparse attention of decode queries over selected blocks of a padded shared cache."""
+    pos = decode_positions(cache_seqlens, q.shape[2])
+    mask = sparse_mask(indices, q.shape[2], k_cache.shape[2], block_size, positions=pos)
+    out, lse, _ = masked_attention(q, k_cache, v_cache, mask, sink, scale, compute_dtype)
     return out, lse
 
 
