@@ -84,7 +84,12 @@ def masked_attention(q, k, v, mask, sink=None, scale=None, compute_dtype=None):
     seen = denom > 0
     probs = e / torch.where(seen, denom, torch.ones_like(denom))
     lse = torch.where(seen, m + torch.log(torch.where(seen, denom, torch.ones_like(denom))), float("-inf"))
-    out = probs @ vx
+    # A NaN value must reach exactly the queries that see its key: keep it out of the product
+    # (0 * NaN would leak into queries that mask it) and put it back where it is seen.
+    v_nan = torch.isnan(vx)
+    out = probs @ torch.where(v_nan, torch.zeros_like(vx), vx)
+    if bool(v_nan.any()):
+        out = out.masked_fill((mask.to(cdt) @ v_nan.to(cdt)) > 0, float("nan"))
     return out.to(q.dtype), lse.squeeze(-1).to(stat_dtype(q.dtype)), probs
 
 
@@ -198,26 +203,45 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
     return out, lse
 
 
-def _grads(fn, dout, dlse, q, k, v, sink):
-    """Backward by recomputation: autograd through the materialised forward."""
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        sink_leaf = sink.detach().requires_grad_() if sink is not None else None
-        out, lse = fn(*leaves, sink_leaf)
-        inputs = leaves + ([sink_leaf] if sink_leaf is not None else [])
-        grads = torch.autograd.grad((out, lse), inputs, (dout, dlse), allow_unused=True)
-    dq, dk, dv = (g if g is not None else torch.zeros_like(t) for g, t in zip(grads[:3], (q, k, v)))
-    dsink = grads[3] if sink is not None else None
-    return dq, dk, dv, dsink
+def masked_attention_bwd(dout, dlse, q, k, v, mask, sink=None, scale=None):
+    """Gradients of ``masked_attention`` written out (recomputing the probabilities).
+
+    With ``P`` the probabilities, ``D_i = sum_d dout_id * out_id`` and the lse gradient ``dlse``:
+    ``dS = P * (dout @ V^T - D + dlse)``, ``dQ = scale * dS @ K``, ``dK = scale * dS^T @ Q``,
+    ``dV = P^T @ dout`` (dK, dV summed over the query heads of each KV group), and for the sink
+    ``dsink_h = sum_{b,i} exp(sink_h - lse_i) * (dlse_i - D_i)``.
+    Returns ``(dq, dk, dv, dsink)``; ``dsink`` is None without a sink.
+    """
+    B, Hq, Sq, Dqk = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    cdt = _compute_dtype(q.dtype, None)
+    scale = Dqk**-0.5 if scale is None else scale
+    out, lse, probs = masked_attention(q, k, v, mask, sink, scale)
+    out, lse = out.to(cdt), lse.to(cdt)
+    do, dl = dout.to(cdt), dlse.to(cdt)
+    kx = k.to(cdt).repeat_interleave(group, dim=1)
+    vx = v.to(cdt).repeat_interleave(group, dim=1)
+    D = (do * out).sum(-1)  # [B, Hq, Sq]
+    dp = do @ vx.transpose(-1, -2)  # [B, Hq, Sq, Sk]
+    ds = probs * (dp - D[..., None] + dl[..., None])
+    dq = scale * ds @ kx
+    dk = (scale * ds.transpose(-1, -2) @ q.to(cdt)).view(B, Hkv, group, -1, Dqk).sum(2)
+    dv = (probs.transpose(-1, -2) @ do).view(B, Hkv, group, -1, v.shape[-1]).sum(2)
+    dsink = None
+    if sink is not None:
+        p_sink = torch.exp(sink.to(cdt).view(1, Hq, 1) - lse)  # 1 for rows that see no key
+        dsink = (p_sink * (dl - D)).sum(dim=(0, 2)).to(sink.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsink
 
 
 def attention_bwd(dout, dlse, q, k, v, sink, out, lse, causal, window, scale):
     """Gradients ``(dq, dk, dv, dsink)``; ``dsink`` is None without a sink."""
-    fn = lambda q_, k_, v_, s_: attention_fwd(q_, k_, v_, s_, causal, window, scale)  # noqa: E731
-    return _grads(fn, dout, dlse, q, k, v, sink)
+    mask = visible_mask(q.shape[2], k.shape[2], causal=causal, window=window, device=q.device)
+    return masked_attention_bwd(dout, dlse, q, k, v, mask, sink, scale)
 
 
 def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale):
     """Gradients of sparse attention; dk/dv land on the shared cache's selected blocks."""
-    fn = lambda q_, k_, v_, s_: sparse_attention_fwd(q_, k_, v_, indices, block_size, s_, scale)  # noqa: E731
-    return _grads(fn, dout, dlse, q, k, v, sink)
+    mask = sparse_mask(indices, q.shape[2], k.shape[2], block_size)
+    return masked_attention_bwd(dout, dlse, q, k, v, mask, sink, scale)
