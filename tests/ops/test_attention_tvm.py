@@ -172,9 +172,10 @@ def test_sparse_decode_matches_reference(dtype):
     B, Hq, Hkv, Smax, D, bs = 2, 8, 2, 200, 64, 32
     q, k, v = _qkv(B, Hq, Hkv, 1, Smax, D, D, dtype)
     lens = torch.tensor([200, 90], dtype=torch.int32)
-    idx = torch.tensor([[0, 3, -1, 5], [2, 2, 0, -1]], dtype=torch.int32).view(1, 1, 1, 4).expand(B, Hkv, 1, 4)
-    idx = idx.contiguous().clone()
-    idx[1] = torch.tensor([0, 2, -1, 1], dtype=torch.int32)
+    idx = torch.empty(B, Hkv, 1, 4, dtype=torch.int32)
+    idx[0, 0, 0] = torch.tensor([0, 3, -1, 5])
+    idx[0, 1, 0] = torch.tensor([6, 6, 1, -1])  # a block listed twice counts once
+    idx[1, :, 0] = torch.tensor([2, 0, -1, 1])  # length 90: block 2 holds the query
     sink = torch.randn(Hq)
     got = hk.sparse_attention_decode(q, k, v, lens, idx, block_size=bs, sink=sink, return_lse=True, backend="tvm")
     _check("sparse_decode", got, ref.sparse_attention_decode, (q, k, v, lens, idx, bs, sink, D**-0.5), dtype)
