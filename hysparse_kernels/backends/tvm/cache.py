@@ -2,12 +2,14 @@
 
 Key: (op, pattern flags, dtypes, head dims, tile sizes, target, tvm version, kernel source hash),
 hashed to a file name ``<cache>/tvm/<op>-<hash>.so`` (``<cache>`` is ``$HYSPARSE_CACHE``, default
-``~/.cache/hysparse-kernels``), with a ``.json`` beside it naming the key for humans. A second
+``~/.cache/hysparse-kernels``), with a ``.json`` beside it holding the key and the library's
+sha256. A second
 process loads the shared library instead of rebuilding (``tvm.runtime.load_module``).
 
 Writes are atomic: ``export_library`` into a temporary file in the same folder, then
 ``os.replace``, so a reader never sees half a file and concurrent writers of one entry are
-harmless. An entry that does not load, or lacks a function the caller needs, is reported with a
+harmless. An entry whose hash does not match, that does not load, or that lacks a function the caller
+needs is reported with a
 :class:`TVMCacheWarning`, removed and rebuilt.
 """
 
@@ -73,21 +75,31 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
         raise
 
 
-def _export(lib, path: pathlib.Path) -> None:
+def _export(lib, path: pathlib.Path, _write_meta) -> None:
     # The temporary name must end in .so: export_library picks the linker from the suffix.
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".so", dir=path.parent)
     os.close(fd)
     try:
         lib.export_library(tmp)
+        _write_meta(pathlib.Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _file_hash(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _load(path: pathlib.Path, required: tuple[str, ...]):
     import tvm
 
+    # The sidecar records the library's hash: a truncated or overwritten file is caught here,
+    # before dlopen (which could also hand back a stale handle for a path it already loaded).
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta.get("sha256") != _file_hash(path):
+        raise ValueError("content does not match the hash recorded in its .json")
     lib = tvm.runtime.load_module(str(path))
     for name in required:
         lib[name]  # raises if the function is missing
@@ -129,13 +141,15 @@ def get_module(op: str, spec: dict, build: Callable[[], object], target_spec: di
                 )
                 path.unlink(missing_ok=True)
                 _stats["rebuilt_corrupt"] += 1
-        lib = tvm.build(build(), target=tvm.target.Target(dict(target_spec)))
+        lib = tvm.tirx.build(build(), target=tvm.target.Target(dict(target_spec)))
         _stats["builds"] += 1
         if disk:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _export(lib, path)
-                _atomic_write_text(path.with_suffix(".json"), json.dumps(key, indent=1, sort_keys=True))
+                # Export to a temporary name, record its hash in the sidecar, then rename the
+                # library into place: a reader sees either no entry or a complete, matching one.
+                _export(lib, path, _write_meta=lambda tmp: _atomic_write_text(
+                    path.with_suffix(".json"), json.dumps({**key, "sha256": _file_hash(tmp)}, indent=1, sort_keys=True)))
                 # Serve the process from the loaded shared library too, so every later call runs
                 # exactly what another process would load.
                 lib = _load(path, required)

@@ -57,3 +57,20 @@ def row_tile(rows: int) -> int:
         if rows % t == 0:
             return t
     return 1
+
+
+def loop_kinds(target_kind: str):
+    """``(parallel, vectorized, scratch scope)`` loop builders for a target kind.
+
+    ``llvm``: tasks on TVM's CPU thread pool, SIMD inner loops, per-task scratch in workspace
+    memory. ``cuda``: the same kernel with one task per thread block (``blockIdx.x``), inner loops
+    serial and scratch in thread-local memory: a faithful emission of the CPU algorithm for the
+    compile check, not a tuned GPU schedule (the GPU kernels of this toolkit are the Triton ones).
+    """
+    from tvm.script import tirx as T
+
+    if target_kind == "llvm":
+        return T.parallel, T.vectorized, "global"
+    if target_kind == "cuda":
+        return (lambda n: T.thread_binding(n, thread="blockIdx.x")), T.serial, "local"
+    raise ValueError(f"target_kind: expected 'llvm' or 'cuda', got {target_kind!r}")

@@ -23,11 +23,11 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import NEG, fast_exp, f32, row_tile, vec_width
+from .common import NEG, fast_exp, f32, loop_kinds, row_tile, vec_width
 
 
 def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, causal: bool,
-                has_window: bool, has_sink: bool, block_scores: bool) -> tvm.IRModule:
+                has_window: bool, has_sink: bool, block_scores: bool, target_kind: str = "llvm") -> tvm.IRModule:
     """IRModule with ``prep`` and ``main`` for one specialisation (everything else is symbolic)."""
     R = group * bm  # query rows per task: `group` heads x `bm` queries
     RT = row_tile(R)  # rows per register tile
@@ -38,6 +38,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
     DQK, DV, BN, G, BM = dqk, dv, bn, group, bm
     CAUSAL, WIN, SINK, BS = causal, has_window, has_sink, block_scores
     NEGC = f32(NEG)
+    PAR, VEC, SCOPE = loop_kinds(target_kind)
 
     @T.prim_func
     def prep(k_h: T.handle, v_h: T.handle, kt_h: T.handle, vp_h: T.handle):
@@ -49,16 +50,16 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         V = T.match_buffer(v_h, (B, Hkv, Sk, DV), dtype)
         Kt = T.match_buffer(kt_h, (B, Hkv, DQK, Skp), "float32")
         Vp = T.match_buffer(vp_h, (B, Hkv, Skp, DV), "float32")
-        for task in T.parallel(B * Hkv * (Skp // BN)):
+        for task in PAR(B * Hkv * (Skp // BN)):
             b = task // (Hkv * (Skp // BN))
             hk = task // (Skp // BN) % Hkv
             j0 = task % (Skp // BN) * BN
             # [BN, Dqk] rows of K -> [Dqk, BN] columns of K^T; the tile stays in L1/L2.
             for jj in range(BN):
-                for d in T.vectorized(DQK):
+                for d in VEC(DQK):
                     Kt[b, hk, d, j0 + jj] = T.if_then_else(
                         j0 + jj < Sk, T.Cast("float32", K[b, hk, T.min(j0 + jj, Sk - 1), d]), f32(0.0))
-                for e in T.vectorized(DV):
+                for e in VEC(DV):
                     Vp[b, hk, j0 + jj, e] = T.if_then_else(
                         j0 + jj < Sk, T.Cast("float32", V[b, hk, T.min(j0 + jj, Sk - 1), e]), f32(0.0))
 
@@ -91,18 +92,18 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         Lse = T.match_buffer(lse_h, (B, Hq, Sq), "float32")
         Tmax = T.match_buffer(tmax_h, (TB, TH, TS, NB), "float32")  # [B, Hq, Sq, nblocks]
         Score = T.match_buffer(score_h, (SB, SH, SS, NBs), "float32")  # [B, Hkv, Sq, nblocks]
-        for task in T.parallel(B * Hkv * T.ceildiv(Sq, BM)):
+        for task in PAR(B * Hkv * T.ceildiv(Sq, BM)):
             # per-task scratch (one workspace allocation per task, reused over its KV tiles)
-            Qs = T.alloc_buffer((R, DQK), "float32")  # scaled queries
-            Ss = T.alloc_buffer((R, BN), "float32")  # logits, then probabilities
-            Acc = T.alloc_buffer((R, DV), "float32")  # unnormalised output
-            Mx = T.alloc_buffer((R,), "float32")  # running max
-            Ls = T.alloc_buffer((R,), "float32")  # running denominator
-            Al = T.alloc_buffer((R,), "float32")  # rescale factor of this tile
-            Red = T.alloc_buffer((VL,), "float32")  # vector partials of a row reduction
-            Sc = T.alloc_buffer((4,), "float32")  # scalars
-            Creg = T.alloc_buffer((CR,), "float32")  # register tile (promoted to SIMD registers)
-            Ib = T.alloc_buffer((2,), "int32")  # KV tile range
+            Qs = T.alloc_buffer((R, DQK), "float32", scope=SCOPE)  # scaled queries
+            Ss = T.alloc_buffer((R, BN), "float32", scope=SCOPE)  # logits, then probabilities
+            Acc = T.alloc_buffer((R, DV), "float32", scope=SCOPE)  # unnormalised output
+            Mx = T.alloc_buffer((R,), "float32", scope=SCOPE)  # running max
+            Ls = T.alloc_buffer((R,), "float32", scope=SCOPE)  # running denominator
+            Al = T.alloc_buffer((R,), "float32", scope=SCOPE)  # rescale factor of this tile
+            Red = T.alloc_buffer((VL,), "float32", scope=SCOPE)  # vector partials of a row reduction
+            Sc = T.alloc_buffer((4,), "float32", scope=SCOPE)  # scalars
+            Creg = T.alloc_buffer((CR,), "float32", scope=SCOPE)  # register tile (promoted to SIMD registers)
+            Ib = T.alloc_buffer((2,), "int32", scope=SCOPE)  # KV tile range
             nqb = T.ceildiv(Sq, BM)
             b = task // (Hkv * nqb)
             hk = task // nqb % Hkv
@@ -111,12 +112,12 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
             # Queries are bottom-right aligned: row r (head g = r // BM, query q0 + r % BM)
             # sits at key position L - Sq + q0 + r % BM.
             for r in range(R):
-                for d in T.vectorized(DQK):
+                for d in VEC(DQK):
                     Qs[r, d] = T.if_then_else(
                         q0 + r % BM < Sq,
                         T.Cast("float32", Q[b, hk * G + r // BM, T.min(q0 + r % BM, Sq - 1), d]) * scale,
                         f32(0.0))
-                for e in T.vectorized(DV):
+                for e in VEC(DV):
                     Acc[r, e] = f32(0.0)
                 Mx[r] = NEGC
                 Ls[r] = f32(0.0)
@@ -133,29 +134,29 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                 for jo in range(BN // JV):
                     for ro in range(R // RT):
                         for ri in T.unroll(RT):
-                            for ji in T.vectorized(JV):
+                            for ji in VEC(JV):
                                 Creg[ri * JV + ji] = f32(0.0)
                         for d in range(DQK):
                             for ri in T.unroll(RT):
-                                for ji in T.vectorized(JV):
+                                for ji in VEC(JV):
                                     Creg[ri * JV + ji] = Creg[ri * JV + ji] + Qs[ro * RT + ri, d] * Kt[b, hk, d, j0 + jo * JV + ji]
                         for ri in T.unroll(RT):
-                            for ji in T.vectorized(JV):
+                            for ji in VEC(JV):
                                 Ss[ro * RT + ri, jo * JV + ji] = Creg[ri * JV + ji]
                 # mask, online softmax; P overwrites S
                 for r in range(R):
                     pos = L - Sq + q0 + r % BM
                     for jo in range(BN // VL):
-                        for l in T.vectorized(VL):
+                        for l in VEC(VL):
                             Ss[r, jo * VL + l] = T.Select(
                                 (j0 + jo * VL + l < L)
                                 and (not CAUSAL or j0 + jo * VL + l <= pos)
                                 and (not WIN or j0 + jo * VL + l > pos - window),
                                 Ss[r, jo * VL + l], NEGC)
-                    for l in T.vectorized(VL):
+                    for l in VEC(VL):
                         Red[l] = NEGC
                     for jo in range(BN // VL):
-                        for l in T.vectorized(VL):
+                        for l in VEC(VL):
                             Red[l] = T.max(Red[l], Ss[r, jo * VL + l])
                     Sc[0] = NEGC
                     for l in range(VL):
@@ -166,10 +167,10 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                     Sc[1] = T.max(Mx[r], Sc[0])  # new running max
                     Al[r] = fast_exp(Mx[r] - Sc[1])
                     Mx[r] = Sc[1]
-                    for l in T.vectorized(VL):
+                    for l in VEC(VL):
                         Red[l] = f32(0.0)
                     for jo in range(BN // VL):
-                        for l in T.vectorized(VL):
+                        for l in VEC(VL):
                             Ss[r, jo * VL + l] = T.Select(Ss[r, jo * VL + l] > NEGC, fast_exp(Ss[r, jo * VL + l] - Sc[1]), f32(0.0))
                             Red[l] = Red[l] + Ss[r, jo * VL + l]
                     Sc[2] = f32(0.0)
@@ -180,14 +181,14 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                 for ro in range(R // RT):
                     for eo in range(DV // EV):
                         for ri in T.unroll(RT):
-                            for ei in T.vectorized(EV):
+                            for ei in VEC(EV):
                                 Creg[ri * EV + ei] = Acc[ro * RT + ri, eo * EV + ei] * Al[ro * RT + ri]
                         for j in range(BN):
                             for ri in T.unroll(RT):
-                                for ei in T.vectorized(EV):
+                                for ei in VEC(EV):
                                     Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * Vp[b, hk, j0 + j, eo * EV + ei]
                         for ri in T.unroll(RT):
-                            for ei in T.vectorized(EV):
+                            for ei in VEC(EV):
                                 Acc[ro * RT + ri, eo * EV + ei] = Creg[ri * EV + ei]
             # finalize: fold in the sink, normalise, write out / lse (and block scores)
             for r in range(R):
@@ -206,7 +207,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                     else:
                         Sc[3] = f32(0.0)
                         Lse[b, h, q0 + r % BM] = T.infinity("float32") * f32(-1.0)
-                    for e in T.vectorized(DV):
+                    for e in VEC(DV):
                         Out[b, h, q0 + r % BM, e] = T.Cast(dtype, Acc[r, e] * Sc[3])
             if BS:
                 # score[b, hk, i, blk] = max over the group of exp(tmax - lse); 0 where unseen

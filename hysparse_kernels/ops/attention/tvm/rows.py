@@ -18,11 +18,11 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import NEG, fast_exp, f32, row_tile, vec_width
+from .common import NEG, fast_exp, f32, loop_kinds, row_tile, vec_width
 
 
 def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bool,
-               has_window: bool, has_sink: bool) -> tvm.IRModule:
+               has_window: bool, has_sink: bool, target_kind: str = "llvm") -> tvm.IRModule:
     """IRModule with ``main`` for one specialisation (batch, heads and lengths stay symbolic)."""
     G, DQK, DV, BN = group, dqk, dv, bn
     DW = vec_width(dqk)  # lanes of the dot products
@@ -32,6 +32,7 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
     CR = max(G * DW, RT * EV)
     SPARSE, WIN, SINK = sparse, has_window, has_sink
     NEGC = f32(NEG)
+    PAR, VEC, SCOPE = loop_kinds(target_kind)
 
     @T.prim_func
     def main(q_h: T.handle, k_h: T.handle, v_h: T.handle, kvlen_h: T.handle, idx_h: T.handle,
@@ -54,26 +55,26 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
         Sink = T.match_buffer(sink_h, (Hs,), "float32")
         Out = T.match_buffer(out_h, (B, Hq, Sq, DV), dtype)
         Lse = T.match_buffer(lse_h, (B, Hq, Sq), "float32")
-        for task in T.parallel(B * Hkv * Sq):
-            Qs = T.alloc_buffer((G, DQK), "float32")
-            Ss = T.alloc_buffer((G, BN), "float32")
-            Acc = T.alloc_buffer((G, DV), "float32")
-            Mx = T.alloc_buffer((G,), "float32")
-            Ls = T.alloc_buffer((G,), "float32")
-            Al = T.alloc_buffer((G,), "float32")
-            Red = T.alloc_buffer((VL,), "float32")
-            Sc = T.alloc_buffer((4,), "float32")
-            Creg = T.alloc_buffer((CR,), "float32")
-            Ib = T.alloc_buffer((4,), "int32")  # tile range / current block / keep flag
+        for task in PAR(B * Hkv * Sq):
+            Qs = T.alloc_buffer((G, DQK), "float32", scope=SCOPE)
+            Ss = T.alloc_buffer((G, BN), "float32", scope=SCOPE)
+            Acc = T.alloc_buffer((G, DV), "float32", scope=SCOPE)
+            Mx = T.alloc_buffer((G,), "float32", scope=SCOPE)
+            Ls = T.alloc_buffer((G,), "float32", scope=SCOPE)
+            Al = T.alloc_buffer((G,), "float32", scope=SCOPE)
+            Red = T.alloc_buffer((VL,), "float32", scope=SCOPE)
+            Sc = T.alloc_buffer((4,), "float32", scope=SCOPE)
+            Creg = T.alloc_buffer((CR,), "float32", scope=SCOPE)
+            Ib = T.alloc_buffer((4,), "int32", scope=SCOPE)  # tile range / current block / keep flag
             b = task // (Hkv * Sq)
             hk = task // Sq % Hkv
             i = task % Sq
             L = KvLen[b]
             pos = L - Sq + i  # key position of this query (the cache holds it)
             for g in range(G):
-                for d in T.vectorized(DQK):
+                for d in VEC(DQK):
                     Qs[g, d] = T.Cast("float32", Q[b, hk * G + g, i, d]) * scale
-                for e in T.vectorized(DV):
+                for e in VEC(DV):
                     Acc[g, e] = f32(0.0)
                 Mx[g] = NEGC
                 Ls[g] = f32(0.0)
@@ -102,11 +103,11 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                     # S[g, j] = Qs[g, :] . K[j, :]  (dot products over Dqk, DW-lane partial sums)
                     for j in range(nv):
                         for g in T.unroll(G):
-                            for l in T.vectorized(DW):
+                            for l in VEC(DW):
                                 Creg[g * DW + l] = f32(0.0)
                         for dd in range(DQK // DW):
                             for g in T.unroll(G):
-                                for l in T.vectorized(DW):
+                                for l in VEC(DW):
                                     Creg[g * DW + l] = Creg[g * DW + l] + Qs[g, dd * DW + l] * T.Cast("float32", K[b, hk, j0 + j, dd * DW + l])
                         for g in T.unroll(G):
                             Sc[0] = f32(0.0)
@@ -115,15 +116,15 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                             Ss[g, j] = Sc[0]
                     for g in range(G):
                         for jo in range(BN // VL):
-                            for l in T.vectorized(VL):
+                            for l in VEC(VL):
                                 Ss[g, jo * VL + l] = T.Select(
                                     (jo * VL + l < nv) and (j0 + jo * VL + l < L) and (j0 + jo * VL + l <= pos)
                                     and (not WIN or j0 + jo * VL + l > pos - window),
                                     Ss[g, jo * VL + l], NEGC)
-                        for l in T.vectorized(VL):
+                        for l in VEC(VL):
                             Red[l] = NEGC
                         for jo in range(BN // VL):
-                            for l in T.vectorized(VL):
+                            for l in VEC(VL):
                                 Red[l] = T.max(Red[l], Ss[g, jo * VL + l])
                         Sc[0] = NEGC
                         for l in range(VL):
@@ -131,10 +132,10 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                         Sc[1] = T.max(Mx[g], Sc[0])
                         Al[g] = fast_exp(Mx[g] - Sc[1])
                         Mx[g] = Sc[1]
-                        for l in T.vectorized(VL):
+                        for l in VEC(VL):
                             Red[l] = f32(0.0)
                         for jo in range(BN // VL):
-                            for l in T.vectorized(VL):
+                            for l in VEC(VL):
                                 Ss[g, jo * VL + l] = T.Select(Ss[g, jo * VL + l] > NEGC, fast_exp(Ss[g, jo * VL + l] - Sc[1]), f32(0.0))
                                 Red[l] = Red[l] + Ss[g, jo * VL + l]
                         Sc[2] = f32(0.0)
@@ -145,14 +146,14 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                     for ro in range(G // RT):
                         for eo in range(DV // EV):
                             for ri in T.unroll(RT):
-                                for ei in T.vectorized(EV):
+                                for ei in VEC(EV):
                                     Creg[ri * EV + ei] = Acc[ro * RT + ri, eo * EV + ei] * Al[ro * RT + ri]
                             for j in range(nv):
                                 for ri in T.unroll(RT):
-                                    for ei in T.vectorized(EV):
+                                    for ei in VEC(EV):
                                         Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * T.Cast("float32", V[b, hk, j0 + j, eo * EV + ei])
                             for ri in T.unroll(RT):
-                                for ei in T.vectorized(EV):
+                                for ei in VEC(EV):
                                     Acc[ro * RT + ri, eo * EV + ei] = Creg[ri * EV + ei]
             for g in range(G):
                 Sc[0] = Mx[g]
@@ -168,7 +169,7 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                 else:
                     Sc[3] = f32(0.0)
                     Lse[b, hk * G + g, i] = T.infinity("float32") * f32(-1.0)
-                for e in T.vectorized(DV):
+                for e in VEC(DV):
                     Out[b, hk * G + g, i, e] = T.Cast(dtype, Acc[g, e] * Sc[3])
 
     return tvm.IRModule({"main": main})
