@@ -2,8 +2,10 @@
 
 Layout of the work
 ------------------
-* ``prep``: one pass over K and V that writes ``kt [B, Hkv, Dqk, Skp]`` (K transposed, fp32) and
-  ``vp [B, Hkv, Skp, Dv]`` (fp32), both zero-padded to a multiple of the KV tile. Every query
+* ``prep``: one pass over K and V that writes ``kt [B, Hkv, Skp / BN, Dqk, BN]`` (K transposed tile
+  by tile, fp32) and ``vp [B, Hkv, Skp, Dv]`` (fp32), both zero-padded to a multiple of the KV
+  tile. Each K^T tile is one contiguous block: a plain ``[Dqk, Skp]`` transpose would put the
+  rows a GEMM step reads ``4 * Skp`` bytes apart (16 KiB at 4K keys), all in one L1 set. Every query
   block then reads K^T tiles as contiguous vectors, so ``Q @ K^T`` is an outer-product GEMM with
   no per-tile transpose, and bf16 is widened once instead of once per query block.
 * ``main``: ``parallel`` over (batch, KV head, query block). A task holds the ``R = group * BM``
@@ -48,7 +50,8 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         Skp = T.int32()
         K = T.match_buffer(k_h, (B, Hkv, Sk, DQK), dtype)
         V = T.match_buffer(v_h, (B, Hkv, Sk, DV), dtype)
-        Kt = T.match_buffer(kt_h, (B, Hkv, DQK, Skp), "float32")
+        NT = T.int32()
+        Kt = T.match_buffer(kt_h, (B, Hkv, NT, DQK, BN), "float32")
         Vp = T.match_buffer(vp_h, (B, Hkv, Skp, DV), "float32")
         for task in PAR(B * Hkv * (Skp // BN)):
             b = task // (Hkv * (Skp // BN))
@@ -57,7 +60,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
             # [BN, Dqk] rows of K -> [Dqk, BN] columns of K^T; the tile stays in L1/L2.
             for jj in range(BN):
                 for d in VEC(DQK):
-                    Kt[b, hk, d, j0 + jj] = T.if_then_else(
+                    Kt[b, hk, j0 // BN, d, jj] = T.if_then_else(
                         j0 + jj < Sk, T.Cast("float32", K[b, hk, T.min(j0 + jj, Sk - 1), d]), f32(0.0))
                 for e in VEC(DV):
                     Vp[b, hk, j0 + jj, e] = T.if_then_else(
@@ -84,7 +87,8 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         SS = T.int32()
         NBs = T.int32()
         Q = T.match_buffer(q_h, (B, Hq, Sq, DQK), dtype)
-        Kt = T.match_buffer(kt_h, (B, Hkv, DQK, Skp), "float32")
+        NT = T.int32()
+        Kt = T.match_buffer(kt_h, (B, Hkv, NT, DQK, BN), "float32")
         Vp = T.match_buffer(vp_h, (B, Hkv, Skp, DV), "float32")
         KvLen = T.match_buffer(kvlen_h, (B,), "int32")
         Sink = T.match_buffer(sink_h, (Hs,), "float32")
@@ -139,7 +143,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                         for d in range(DQK):
                             for ri in T.unroll(RT):
                                 for ji in VEC(JV):
-                                    Creg[ri * JV + ji] = Creg[ri * JV + ji] + Qs[ro * RT + ri, d] * Kt[b, hk, d, j0 + jo * JV + ji]
+                                    Creg[ri * JV + ji] = Creg[ri * JV + ji] + Qs[ro * RT + ri, d] * Kt[b, hk, Ib[0] + t, d, jo * JV + ji]
                         for ri in T.unroll(RT):
                             for ji in VEC(JV):
                                 Ss[ro * RT + ri, jo * JV + ji] = Creg[ri * JV + ji]

@@ -98,7 +98,7 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None):
     bn = spec["bn"]
     nblocks = -(-Sk // bn)
     # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles.
-    kt = torch.empty(B, Hkv, Dqk, nblocks * bn, dtype=torch.float32)
+    kt = torch.empty(B, Hkv, nblocks, Dqk, bn, dtype=torch.float32)
     vp = torch.empty(B, Hkv, nblocks * bn, Dv, dtype=torch.float32)
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
