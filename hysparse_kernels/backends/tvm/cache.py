@@ -32,6 +32,8 @@ class TVMCacheWarning(UserWarning):
 
 
 _memory: dict[str, object] = {}
+# (op, spec, target, source) as a tuple -> module: skips hashing the key on the hot path.
+_fast: dict[tuple, object] = {}
 _lock = threading.Lock()
 _stats = {"memory_hits": 0, "disk_hits": 0, "builds": 0, "rebuilt_corrupt": 0}
 
@@ -51,6 +53,7 @@ def clear_memory_cache() -> None:
     """Forget the in-memory modules and reset the counters (the disk cache stays)."""
     with _lock:
         _memory.clear()
+        _fast.clear()
         for k in _stats:
             _stats[k] = 0
 
@@ -119,6 +122,11 @@ def get_module(op: str, spec: dict, build: Callable[[], object], target_spec: di
         required: functions the module must export (checked when loading from disk).
         disk: also use the on-disk cache (memory only when False).
     """
+    fast = (op, tuple(sorted(spec.items())), tuple(sorted(target_spec.items())), source)
+    lib = _fast.get(fast)
+    if lib is not None:
+        _stats["memory_hits"] += 1
+        return lib
     import tvm
 
     stem, key = entry_key(op, spec, target_spec, source)
@@ -126,13 +134,14 @@ def get_module(op: str, spec: dict, build: Callable[[], object], target_spec: di
         lib = _memory.get(stem)
         if lib is not None:
             _stats["memory_hits"] += 1
+            _fast[fast] = lib
             return lib
         path = cache_dir() / f"{stem}.so"
         if disk and path.exists():
             try:
                 lib = _load(path, required)
                 _stats["disk_hits"] += 1
-                _memory[stem] = lib
+                _memory[stem] = _fast[fast] = lib
                 return lib
             except Exception as e:  # corrupt, truncated, or built by an incompatible runtime
                 warnings.warn(
@@ -155,5 +164,5 @@ def get_module(op: str, spec: dict, build: Callable[[], object], target_spec: di
                 lib = _load(path, required)
             except Exception as e:  # no writable folder, no C compiler to link the .so, ...
                 warnings.warn(f"TVM cache: could not write {path} ({e}); using the in-memory build", TVMCacheWarning, stacklevel=3)
-        _memory[stem] = lib
+        _memory[stem] = _fast[fast] = lib
         return lib
