@@ -18,6 +18,9 @@ _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: 
 DENSE_ROWS = 64
 # The KV tile of prefill and decode. Block scores and sparse attention use the block size.
 KV_TILE = 64
+# Sliding windows up to this size use half tiles: a query block then computes fewer masked
+# logits at the window's two edges (measured about 10% faster for window 128 at S = 8K).
+SMALL_WINDOW, WINDOW_TILE = 256, 32
 # attention_fwd with at most this many causal queries runs the decode kernel (no K^T pass).
 FEW_QUERIES = 8
 
@@ -51,7 +54,10 @@ def _sink_arg(sink, device):
 
 
 def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None):
-    bn = KV_TILE if block_size is None else block_size
+    if block_size is not None:
+        bn = block_size
+    else:
+        bn = WINDOW_TILE if window is not None and window <= SMALL_WINDOW else KV_TILE
     spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=max(1, DENSE_ROWS // group), bn=bn,
                 dtype=dtype, causal=bool(causal), window=window is not None, sink=sink is not None,
                 block_scores=block_size is not None)
