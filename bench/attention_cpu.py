@@ -176,7 +176,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the 1K prefill and the decode step")
     ap.add_argument("--only", nargs="*", help="substrings of case names to run")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for torch and TVM alike (default: all cores). One thread per engine "
+                         "is the stable measure on a shared machine: no barrier waits on a preempted worker")
     args = ap.parse_args(argv)
+    if args.threads:
+        # TVM's pool reads TVM_NUM_THREADS when it starts (on the first kernel launch).
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     import tvm
 
     print(f"torch {torch.__version__}, tvm {tvm.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}")

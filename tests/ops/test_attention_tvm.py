@@ -18,7 +18,7 @@ import hysparse_kernels as hk  # noqa: E402
 from hysparse_kernels.ops.attention import reference as ref  # noqa: E402
 from hysparse_kernels.testing import assert_close_to_reference  # noqa: E402
 
-ATOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
+ATOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def _qkv(B, Hq, Hkv, Sq, Sk, Dqk, Dv, dtype):
@@ -70,6 +70,16 @@ def test_prefill_matches_reference(case, dtype):
     scale = Dqk**-0.5
     got = hk.attention(q, k, v, window=window, sink=sink, return_lse=True, backend="tvm")
     _check("attention", got, ref.attention_fwd, (q, k, v, sink, True, window, scale), dtype)
+
+
+def test_float16_prefill_and_decode():
+    q, k, v = _qkv(1, 8, 2, 70, 70, 64, 32, torch.float16)
+    sink = torch.randn(8)
+    got = hk.attention(q, k, v, window=16, sink=sink, return_lse=True, backend="tvm")
+    _check("fp16", got, ref.attention_fwd, (q, k, v, sink, True, 16, 64**-0.5), torch.float16)
+    lens = torch.tensor([70], dtype=torch.int32)
+    step = hk.attention_decode(q[:, :, -1:], k, v, lens, window=16, sink=sink, return_lse=True, backend="tvm")
+    _check("fp16-decode", step, ref.attention_decode, (q[:, :, -1:], k, v, lens, sink, 16, 64**-0.5), torch.float16)
 
 
 def test_non_causal_and_no_visible_key():
@@ -220,6 +230,7 @@ def test_cache_second_build_is_a_hit(fresh_cache):
     assert not list(fresh_cache.cache_dir().glob("*.tmp")) and len(list(fresh_cache.cache_dir().glob("*.so"))) == 1
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and tvm: 5-15 s on two shared cores
 def test_cache_hit_in_a_second_process(fresh_cache):
     import subprocess
     import sys

@@ -46,10 +46,16 @@ def _c(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _sink_arg(sink, device):
+# Placeholders for the buffers a specialisation does not read (never written by the kernels).
+_NO_SINK = torch.zeros(1, dtype=torch.float32)
+_NO_SCORES = torch.zeros(1, 1, 1, 1, dtype=torch.float32)
+_NO_INDICES = torch.zeros(1, 1, 1, 1, dtype=torch.int32)
+
+
+def _sink_arg(sink):
     # The kernels read the sink as fp32 [Hq]; without a sink a 1-element placeholder is passed.
     if sink is None:
-        return torch.zeros(1, dtype=torch.float32, device=device)
+        return _NO_SINK
     return _c(sink.detach().to(torch.float32))
 
 
@@ -113,9 +119,9 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None):
         tmax = torch.empty(B, Hq, Sq, nblocks, dtype=torch.float32)
         scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
     else:
-        tmax = scores = torch.empty(1, 1, 1, 1, dtype=torch.float32)
+        tmax = scores = _NO_SCORES
     lib["prep"](k, v, kt, vp)
-    lib["main"](q, kt, vp, kv_len, _sink_arg(sink, q.device), out, lse, tmax, scores,
+    lib["main"](q, kt, vp, kv_len, _sink_arg(sink), out, lse, tmax, scores,
                 int(window) if window is not None else 0, float(scale))
     return out, lse, scores
 
@@ -128,8 +134,8 @@ def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale):
     lib = _rows_module(op, Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], bn, sparse, window, sink)
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
-    idx = _c(indices.to(torch.int32)) if sparse else torch.empty(1, 1, 1, 1, dtype=torch.int32)
-    lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink, q.device), out, lse,
+    idx = _c(indices.to(torch.int32)) if sparse else _NO_INDICES
+    lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink), out, lse,
                 int(window) if window is not None else 0, float(scale))
     return out, lse
 
