@@ -109,11 +109,22 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                             for g in T.unroll(G):
                                 for l in VEC(DW):
                                     Creg[g * DW + l] = Creg[g * DW + l] + Qs[g, dd * DW + l] * T.Cast("float32", K[b, hk, j0 + j, dd * DW + l])
+                        # horizontal sums as a tree of vector adds (16 -> 8 -> 4 -> 2 -> 1 lanes):
+                        # a scalar chain of 16 dependent adds per row would cost more than the FMAs
                         for g in T.unroll(G):
-                            Sc[0] = f32(0.0)
-                            for l in T.unroll(DW):
-                                Sc[0] = Sc[0] + Creg[g * DW + l]
-                            Ss[g, j] = Sc[0]
+                            if DW >= 16:
+                                for l in VEC(8):
+                                    Creg[g * DW + l] = Creg[g * DW + l] + Creg[g * DW + 8 + l]
+                            if DW >= 8:
+                                for l in VEC(4):
+                                    Creg[g * DW + l] = Creg[g * DW + l] + Creg[g * DW + 4 + l]
+                            if DW >= 4:
+                                for l in VEC(2):
+                                    Creg[g * DW + l] = Creg[g * DW + l] + Creg[g * DW + 2 + l]
+                            if DW >= 2:
+                                Ss[g, j] = Creg[g * DW] + Creg[g * DW + 1]
+                            else:
+                                Ss[g, j] = Creg[g * DW]
                     for g in range(G):
                         for jo in range(BN // VL):
                             for l in VEC(VL):
