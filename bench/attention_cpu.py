@@ -2,9 +2,10 @@
 
 One module, two faces:
 
-* ``python bench/attention_cpu.py [--quick] [--only NAME ...]``: runs every case in one process,
-  prints a markdown table (median of the timed rounds, GFLOP/s of useful work, ratios against
-  the baselines measured in the same run) for ``bench/RESULTS.md``.
+* ``python bench/attention_cpu.py [--quick] [--only NAME ...] [--threads N]``: runs every case in
+  one process with the implementations of a case interleaved round by round, prints a markdown
+  table (median of the rounds, GFLOP/s of useful work, ratios against the baselines measured in
+  the same run) for ``bench/RESULTS.md``.
 * ``bench/test_attention_cpu.py``: the same cases under pytest-benchmark (``make bench``).
 
 Shapes follow the issue: Hq 32 / Hkv 8, D 128, batch 1; causal prefill at S = 1K / 4K (fp32,
@@ -41,6 +42,26 @@ def timeit(fn: Callable[[], object], rounds: int = 5, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved(case: "Case") -> dict[str, float]:
+    """Median seconds per implementation, rounds interleaved (A B C, A B C, ...).
+
+    On a machine shared with other jobs the load changes within seconds; interleaving puts every
+    implementation under the same load in each round, so the ratios stay meaningful.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in case.impls}
+    for name, fn in case.impls.items():
+        if name not in case.once:
+            fn()  # warm-up: builds, compiles, caches
+    for r in range(case.rounds):
+        for name, fn in case.impls.items():
+            if name in case.once and r > 0:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
 def causal_flops(s: int, d: int = D, h: int = HQ) -> float:
@@ -194,10 +215,7 @@ def main(argv=None) -> None:
     for case in all_cases(args.quick):
         if args.only and not any(s in case.name for s in args.only):
             continue
-        times = {}
-        for name, fn in case.impls.items():
-            once = name in case.once
-            times[name] = timeit(fn, rounds=1 if once else case.rounds, warmup=0 if once else 1)
+        times = interleaved(case)
         base = next(t for n, t in times.items() if n.startswith("tvm"))
         for name, t in times.items():
             ratio = "" if name.startswith("tvm") and t == base else f"{t / base:.2f}x"
