@@ -82,6 +82,18 @@ def test_float16_prefill_and_decode():
     _check("fp16-decode", step, ref.attention_decode, (q[:, :, -1:], k, v, lens, sink, 16, 64**-0.5), torch.float16)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_long_kv_tiles(monkeypatch, causal):
+    """The 128-key tiles of long prefill, exercised on a short sequence."""
+    from hysparse_kernels.ops.attention.tvm import launch
+
+    monkeypatch.setattr(launch, "LONG_KV", 64)
+    q, k, v = _qkv(1, 8, 2, 100, 257, 64, 32, torch.float32)
+    sink = torch.randn(8)
+    got = hk.attention(q, k, v, causal=causal, sink=sink, return_lse=True, backend="tvm")
+    _check("long-tiles", got, ref.attention_fwd, (q, k, v, sink, causal, None, 64**-0.5), torch.float32)
+
+
 def test_non_causal_and_no_visible_key():
     q, k, v = _qkv(1, 4, 2, 70, 90, 64, 48, torch.float32)
     got = hk.attention(q, k, v, causal=False, return_lse=True, backend="tvm")
