@@ -51,9 +51,9 @@ def vec_width(n: int, widths=(16, 8, 4, 2, 1)) -> int:
     return 1
 
 
-def row_tile(rows: int) -> int:
+def row_tile(rows: int, prefer=(4, 2, 1)) -> int:
     """Rows per register tile: 4 rows x 16 lanes = 8 AVX2 accumulators, leaving room for loads."""
-    for t in (4, 2, 1):
+    for t in prefer:
         if rows % t == 0:
             return t
     return 1

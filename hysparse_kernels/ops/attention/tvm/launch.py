@@ -13,9 +13,19 @@ from .... import dispatch
 from ....backends.tvm import cpu_target_spec, get_module
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# Rows of a dense prefill task (group heads x queries): 64 rows amortise each K^T / V tile over
-# 64 x (Dqk + Dv) FMAs while Q, S, P and the accumulator of a task stay in L2.
-DENSE_ROWS = 64
+# Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
+# 48 x (Dqk + Dv) FMAs while Q, S, P and the accumulator of a task stay in L2, and split into the
+# kernel's 6-row register tiles.
+DENSE_ROWS = 48
+
+
+def dense_queries_per_task(group: int) -> int:
+    """Queries per task so that ``group * bm`` is near DENSE_ROWS and, if possible, a multiple of 6."""
+    top = max(1, DENSE_ROWS // group)
+    for bm in range(top, 0, -1):
+        if (group * bm) % 6 == 0:
+            return bm
+    return top
 # The KV tile of prefill and decode. Block scores and sparse attention use the block size.
 KV_TILE = 64
 # Sliding windows up to this size use half tiles: a query block then computes fewer masked
@@ -70,7 +80,7 @@ def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, 
         bn = WINDOW_TILE if window <= SMALL_WINDOW else KV_TILE
     else:
         bn = LONG_TILE if seqlen_k >= LONG_KV else KV_TILE
-    spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=max(1, DENSE_ROWS // group), bn=bn,
+    spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=dense_queries_per_task(group), bn=bn,
                 dtype=dtype, causal=bool(causal), window=window is not None, sink=sink is not None,
                 block_scores=block_size is not None)
 
