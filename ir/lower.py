@@ -55,12 +55,15 @@ def tuned_config(op: str, *, backend: str, device: str, shape: dict) -> dict | N
 @dataclass(frozen=True)
 class KernelEntry:
     """One op of the plan. ``layer`` indexes ``graph.layers`` (or the MTP block when ``mtp``);
+    ``role``: what the op does in the layer ("full", "full + block scores", "top-k selection",
+    "sliding window", "sparse branch", "swa branch", "moe");
     ``shape``: the sizes the config is chosen for, as sorted (name, value) pairs; ``config``:
     the tuned config's (name, value) pairs, empty for a heuristic one."""
 
     layer: int
     phase: str
     op: str
+    role: str
     backend: str
     kernel: str
     config_source: str
@@ -94,25 +97,27 @@ def _device_type(device) -> str:
     return kind
 
 
-def _layer_ops(layer, phase: str, selections) -> list[tuple[str, dict]]:
-    """(op, extra shape keys) the attention of ``layer`` runs in ``phase``."""
+def _layer_ops(layer, phase: str, selections) -> list[tuple[str, str, dict]]:
+    """(op, role, extra shape keys) the attention of ``layer`` runs in ``phase``."""
     pat, ops = layer.pattern, []
     if isinstance(pat, Full):
         if selections:
             # The full layer's attention emits the block scores (prefill and, per new token, decode).
             block = selections[0].block_size
-            ops.append(("attention_block_scores", {"block_size": block}))
-            ops += [("topk_blocks", {"block_size": block, "topk": sel.topk}) for sel in selections]
+            ops.append(("attention_block_scores", "full + block scores", {"block_size": block}))
+            ops += [("topk_blocks", "top-k selection", {"block_size": block, "topk": sel.topk}) for sel in selections]
         else:
-            ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", {}))
+            ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", "full", {}))
     elif isinstance(pat, SlidingWindow):
-        ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", {"window": pat.window}))
+        ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", "sliding window",
+                    {"window": pat.window}))
     else:
         assert isinstance(pat, OracleSparse)
         op = "sparse_attention_fwd" if phase == "prefill" else "sparse_attention_decode"
-        ops.append((op, {"block_size": pat.block_size, "topk": pat.topk}))
+        ops.append((op, "sparse branch", {"block_size": pat.block_size, "topk": pat.topk}))
         if pat.window is not None:
-            ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", {"window": pat.window}))
+            ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", "swa branch",
+                        {"window": pat.window}))
     return ops
 
 
@@ -142,10 +147,10 @@ def lower(
     registered = dispatch.registered_ops()
     sources = selection_sources(graph)
 
-    def entry(layer_index, phase, op, shape, mtp=False) -> KernelEntry:
+    def entry(layer_index, phase, op, role, shape, mtp=False) -> KernelEntry:
         shape_items = tuple(sorted(shape.items()))
         if op not in registered:
-            return KernelEntry(layer_index, phase, op, "-", "-", UNAVAILABLE, shape_items, mtp=mtp,
+            return KernelEntry(layer_index, phase, op, role, "-", "-", UNAVAILABLE, shape_items, mtp=mtp,
                                note=f"{op} is not registered in the kernel layer")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -153,15 +158,15 @@ def lower(
         note = "; ".join(str(w.message) for w in caught)
         config = tuned_lookup(op, backend=chosen, device=dev, shape=dict(shape))
         source = TUNED if config else HEURISTIC
-        return KernelEntry(layer_index, phase, op, chosen, dispatch.target(op, chosen), source, shape_items,
+        return KernelEntry(layer_index, phase, op, role, chosen, dispatch.target(op, chosen), source, shape_items,
                            tuple(sorted((config or {}).items())), mtp=mtp, note=note)
 
     def attention_entries(index, spec, selections, phase, mtp=False):
         out = []
-        for op, extra in _layer_ops(spec, phase, selections):
+        for op, role, extra in _layer_ops(spec, phase, selections):
             shape = {"batch": batch, "q_heads": spec.q_heads, "kv_heads": spec.kv_heads, "qk_dim": spec.qk_dim,
                      "v_dim": spec.v_dim, "seq_q": seq_len if phase == "prefill" else 1, "seq_k": seq_len, **extra}
-            out.append(entry(index, phase, op, shape, mtp))
+            out.append(entry(index, phase, op, role, shape, mtp))
         return out
 
     entries = []
@@ -172,7 +177,7 @@ def lower(
                 tokens = batch * (seq_len if phase == "prefill" else 1)
                 shape = {"tokens": tokens, "hidden": graph.hidden, "experts": layer.ffn.num_experts,
                          "top_k": layer.ffn.top_k, "intermediate": layer.ffn.intermediate}
-                entries += [entry(layer.index, phase, op, shape) for op in MOE_OPS]
+                entries += [entry(layer.index, phase, op, "moe", shape) for op in MOE_OPS]
         if include_mtp and graph.mtp is not None:
             m = graph.mtp
             for j in range(m.num_layers):

@@ -94,10 +94,7 @@ def assign_kv_owners(graph: ModelGraph) -> tuple[KVOwner, ...]:
 # KV plan
 # ----------------------------------------------------------------------------------------------
 
-DTYPE_BYTES = {
-    "float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "fp8": 1,
-}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
 def dtype_bytes(dtype) -> int:
