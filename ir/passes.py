@@ -107,12 +107,19 @@ def dtype_bytes(dtype) -> int:
 
 @dataclass(frozen=True)
 class LayerKV:
-    """KV bytes of one layer: ``tokens`` cached x ``kv_heads`` x (Dqk + Dv) x itemsize x batch."""
+    """KV cache of one layer: ``tokens`` cached x ``kv_heads`` x (Dqk + Dv) x itemsize x batch.
+
+    A cache allocated from it holds K ``[batch, kv_heads, tokens, qk_dim]`` and V
+    ``[batch, kv_heads, tokens, v_dim]`` (``tokens == 0``: the layer owns no cache).
+    """
 
     layer: int
     kind: str
     owns: str
     tokens: int
+    kv_heads: int
+    qk_dim: int
+    v_dim: int
     bytes: int
     twin_bytes: int  # the same layer as Full attention
     mtp: bool = False
@@ -168,14 +175,17 @@ def kv_plan(graph: ModelGraph, batch: int, seq_len: int, dtype="bfloat16", *, in
         layer = graph.layers[own.layer]
         per_token = batch * layer.kv_heads * (layer.qk_dim + layer.v_dim) * item
         tokens = _cache_tokens(own.owns, own.window, seq_len)
-        entries.append(LayerKV(own.layer, own.kind, own.owns, tokens, tokens * per_token, seq_len * per_token))
+        entries.append(LayerKV(own.layer, own.kind, own.owns, tokens, layer.kv_heads, layer.qk_dim, layer.v_dim,
+                               tokens * per_token, seq_len * per_token))
     if include_mtp and graph.mtp is not None:
         m = graph.mtp
         per_token = batch * m.attention.kv_heads * (m.attention.qk_dim + m.attention.v_dim) * item
         owns = "full" if isinstance(m.pattern, Full) else "window"
         tokens = _cache_tokens(owns, getattr(m.pattern, "window", None), seq_len)
+        a = m.attention
         for j in range(m.num_layers):
-            entries.append(LayerKV(j, m.pattern.kind, owns, tokens, tokens * per_token, seq_len * per_token, mtp=True))
+            entries.append(LayerKV(j, m.pattern.kind, owns, tokens, a.kv_heads, a.qk_dim, a.v_dim,
+                                   tokens * per_token, seq_len * per_token, mtp=True))
     return KVPlan(batch, seq_len, str(dtype).removeprefix("torch."), tuple(entries))
 
 

@@ -106,6 +106,7 @@ def test_kv_bytes_by_hand_for_a_tiny_graph():
     g = tiny("F SS F", patterns={"S": OracleSparse(topk=2, block_size=16, window=8)})
     plan = kv_plan(g, batch=2, seq_len=100, dtype="bfloat16")
     assert [e.tokens for e in plan.layers] == [100, 8, 8, 100]
+    assert {(e.kv_heads, e.qk_dim, e.v_dim) for e in plan.layers} == {(2, 16, 16)}
     assert [e.bytes for e in plan.layers] == [25600, 2048, 2048, 25600]
     assert plan.total_bytes == 55296
     assert plan.twin_total_bytes == 4 * 25600
