@@ -15,9 +15,11 @@ Conventions (they decide whether a published figure is reproduced):
 * MTP block: two input norms, ``proj`` (``2 * hidden -> hidden``), an attention block with its
   two norms, its FFN, a final norm; embedding and head shared (not counted again).
 * ``total``: everything including MTP. ``active``: what one token of the main model touches:
-  embedding row and LM head counted in full, attention, dense FFN, router, shared experts and
-  ``top_k`` experts, norms; MTP excluded (it runs only for drafting). ``active_non_embedding``
-  drops the embedding and LM head.
+  its one embedding row, the whole LM head, attention, dense FFN, router, shared experts and
+  ``top_k`` experts, norms; MTP excluded (it runs only for drafting). This is the convention
+  under which DeepSeek-V3's "37B activated" comes out (36.6B; with the whole embedding table
+  37.5B). ``active_non_embedding`` drops the embedding row and the LM head (the convention of
+  model names like "A3B").
 """
 
 from __future__ import annotations
@@ -64,13 +66,10 @@ class ParamCount:
 
     total: int
     active: int
+    active_non_embedding: int
     embedding: int
     lm_head: int
     parts: tuple[tuple[str, int], ...]
-
-    @property
-    def active_non_embedding(self) -> int:
-        return self.active - self.embedding - self.lm_head
 
     def part(self, name: str) -> int:
         return dict(self.parts)[name]
@@ -88,7 +87,7 @@ def param_count(graph: ModelGraph) -> ParamCount:
     embedding = graph.vocab * h
     lm_head = 0 if graph.tie_embeddings else graph.vocab * h
     attention = ffn_dense = experts = router = 0
-    active = embedding + lm_head
+    active = 0  # without embedding and LM head
     for layer in graph.layers:
         a = attention_params(h, layer, layer.pattern)
         attention += a
@@ -102,6 +101,9 @@ def param_count(graph: ModelGraph) -> ParamCount:
         active += a + active_f + 2 * h
     norms = 2 * h * graph.num_layers + h
     active += h
+    # The LM head is used whole by every token (the embedding matrix itself when tied); the
+    # embedding table contributes one row.
+    head_and_row = graph.vocab * h + (0 if graph.tie_embeddings else h)
     mtp = 0
     if graph.mtp is not None:
         m = graph.mtp
@@ -109,7 +111,7 @@ def param_count(graph: ModelGraph) -> ParamCount:
         mtp = m.num_layers * per_block
     parts = (("embedding", embedding), ("lm_head", lm_head), ("attention", attention), ("ffn_dense", ffn_dense),
              ("experts", experts), ("router", router), ("norms", norms), ("mtp", mtp))
-    return ParamCount(sum(n for _, n in parts), active, embedding, lm_head, parts)
+    return ParamCount(sum(n for _, n in parts), active + head_and_row, active, embedding, lm_head, parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def flops_per_token(graph: ModelGraph, seq_len: int) -> FlopsPerToken:
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
     pc = param_count(graph)
-    matmul = 2 * (pc.active_non_embedding + pc.lm_head)
+    matmul = 2 * (pc.active_non_embedding + graph.vocab * graph.hidden)
     pre = dec = 0.0
     for layer in graph.layers:
         per_key = 2 * layer.q_heads * (layer.qk_dim + layer.v_dim)

@@ -30,22 +30,24 @@ def validate(graph: ModelGraph) -> ModelGraph:
     """
     if not isinstance(graph, ModelGraph):
         raise TypeError(f"graph: expected ModelGraph, got {type(graph).__name__}")
-    owner = None  # index of the full layer a sparse layer would read
+    last_full = None  # the full layer a sparse layer here would read
+    swa_since = None  # a sliding-window layer between that full layer and here
     for layer in graph.layers:
         pat = layer.pattern
         if isinstance(pat, Full):
-            owner = layer.index
+            last_full, swa_since = layer.index, None
             continue
         if isinstance(pat, SlidingWindow):
-            owner = None if owner is None else ("swa", layer.index)
+            swa_since = layer.index if swa_since is None else swa_since
             continue
         # OracleSparse
-        if owner is None:
+        if last_full is None:
             raise GraphError(f"layer {layer.index}: OracleSparse layer has no preceding Full layer to read "
                              f"K/V and top-k blocks from (a sparse layer must follow a full layer)")
-        if isinstance(owner, tuple):
-            raise GraphError(f"layer {layer.index}: OracleSparse layer follows the SlidingWindow layer {owner[1]}; "
+        if swa_since is not None:
+            raise GraphError(f"layer {layer.index}: OracleSparse layer follows the SlidingWindow layer {swa_since}; "
                              f"expected only full or sparse layers between it and its full layer")
+        owner = last_full
         full = graph.layers[owner]
         if not full.pattern.causal:
             raise GraphError(f"layer {layer.index}: OracleSparse layer reads layer {owner}, which is not causal")

@@ -10,7 +10,9 @@ a value is not published it is an assumption, listed in the graph's ``notes`` an
 * hysparse-80b-a3b: expert size 512 is solved from "80B total" with 512 experts in 49 layers of
   hidden 2048 (the Qwen3-Next-80B-A3B expert size); no shared expert; vocab 151680; sigmoid
   routing with correction bias as in MiMo-V2-Flash. "A3B" matches the active parameters
-  without embedding and LM head (3.0B); with them it is 3.6B.
+  without embedding and LM head (3.04B); with the LM head (``active``) it is 3.35B.
+* mimo-v2-flash reproduces 309B total (309.8B with its 3 MTP blocks) and 15B active (14.8B:
+  one embedding row and the LM head counted, MTP not).
 * mimo-v2-flash: the published ``hybrid_layer_pattern`` (layer 0 global, 4 SWA, then 5 SWA : 1
   global, last layer global: 9 global, 39 SWA); MTP blocks are SWA with a dense FFN of 16384.
 * mimo-7b: qkv bias (Qwen2-style attention), one MTP block (full attention, dense 11008).

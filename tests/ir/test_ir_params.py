@@ -26,7 +26,8 @@ def test_param_count_by_hand_full_and_sparse_layer():
     expected = 2 * 100 * 32 + full_attn + sparse_attn + 2 * 3 * 32 * 32 + (2 * 2 * 32 + 32)
     assert pc.part("attention") == full_attn + sparse_attn == 6144 + 6408
     assert pc.total == expected == 25256
-    assert pc.active == pc.total  # dense model, no MTP
+    # Dense, no MTP: a token touches everything but the embedding table (one row of it).
+    assert pc.active == pc.total - 3200 + 32
     assert pc.active_non_embedding == pc.total - 6400
 
 
@@ -39,7 +40,7 @@ def test_param_count_by_hand_moe_and_tied_embeddings():
     assert pc.part("router") == 32 * 4 + 4
     assert pc.part("experts") == (4 + 1) * expert
     assert pc.total == 3200 + 6144 + 128 + 4 + 5 * expert + 96
-    assert pc.active == 3200 + 6144 + 128 + 4 + (2 + 1) * expert + 96
+    assert pc.active == 3200 + 6144 + 128 + 4 + (2 + 1) * expert + 96  # the tied head used whole
 
 
 def test_param_count_by_hand_mtp():
@@ -47,7 +48,7 @@ def test_param_count_by_hand_mtp():
     g = from_pattern("F", hidden=32, vocab=100, attention=DIMS, ffn=Dense(32), mtp=mtp)
     pc = param_count(g)
     assert pc.part("mtp") == 2 * 32 + 2 * 32 * 32 + (6144 + 4) + 2 * 32 + 3 * 32 * 16 + 32 == 9892
-    assert pc.active == pc.total - 9892  # MTP only drafts
+    assert pc.active == pc.total - 9892 - 3200 + 32  # MTP only drafts
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

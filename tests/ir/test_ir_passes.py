@@ -61,6 +61,13 @@ def test_head_mismatch_is_rejected(sparse_dims, field):
         validate(g)
 
 
+def test_sparse_after_bidirectional_full_layer_is_rejected():
+    from hysparse_kernels.ir import Full
+
+    with pytest.raises(GraphError, match="layer 1: OracleSparse layer reads layer 0, which is not causal"):
+        validate(tiny("F S", patterns={"F": Full(causal=False)}))
+
+
 def test_sparse_may_have_more_query_heads_than_its_full_layer():
     g = tiny("F S", attention={"F": DIMS, "S": AttentionDims(q_heads=8, kv_heads=2, qk_dim=16)})
     assert validate(g) is g
@@ -182,7 +189,7 @@ def test_flops_per_token_by_hand():
     s = 64
     fl = flops_per_token(g, s)
     pc = param_count(g)
-    assert fl.matmul == 2 * (pc.active_non_embedding + pc.lm_head)
+    assert fl.matmul == 2 * (pc.active_non_embedding + 100 * 32)  # + the LM head
     per_key = 2 * 4 * 32  # 2 * q_heads * (Dqk + Dv)
     sparse_keys = _mean_visible(s, 8) + _mean_visible(s, 8)  # top-2 x 4 = 8 selected, window 8
     assert fl.attention_prefill == pytest.approx(per_key * ((s + 1) / 2 + sparse_keys))
