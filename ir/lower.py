@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hysparse_kernels import dispatch
+from hysparse_kernels.backends import status
 
 from .graph import LayerSpec, ModelGraph, MoE
 from .passes import selection_sources, validate
@@ -137,7 +138,8 @@ def lower(
     ``backend``: force one backend for every op (same rules as ``backend=`` on a call: an error
     if it cannot run an op here). ``batch``/``seq_len``: the shapes configs are looked up for.
     ``tuned_lookup``: the autotune cache (default: ``tuned_config``, the hook above).
-    Backends are resolved with ``dispatch.resolve``; a fallback warning becomes the entry's note.
+    Backends are resolved with ``dispatch.resolve``; an entry whose backend cannot run on ``device``
+    here (e.g. planning for "cuda" on a machine without one) says so in its ``note``.
     """
     validate(graph)
     dev = _device_type(device)
@@ -152,10 +154,13 @@ def lower(
         if op not in registered:
             return KernelEntry(layer_index, phase, op, role, "-", "-", UNAVAILABLE, shape_items, mtp=mtp,
                                note=f"{op} is not registered in the kernel layer")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings():
+            # dispatch warns once per process on a fallback; the plan records it per entry instead.
+            warnings.simplefilter("ignore", dispatch.BackendFallbackWarning)
             chosen = dispatch.resolve(op, dev, backend)
-        note = "; ".join(str(w.message) for w in caught)
+        st = status(chosen)
+        note = "" if dev in st.devices else (
+            f"{op}: none of its backends {dispatch.implemented(op)} can run {dev} tensors on this machine")
         config = tuned_lookup(op, backend=chosen, device=dev, shape=dict(shape))
         source = TUNED if config else HEURISTIC
         return KernelEntry(layer_index, phase, op, role, chosen, dispatch.target(op, chosen), source, shape_items,

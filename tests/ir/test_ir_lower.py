@@ -80,3 +80,14 @@ def test_explicit_backend_and_bad_device():
         lower(get_graph("tiny-mimo-7b"), "tpu")
     with pytest.raises(ValueError, match="phases"):
         lower(get_graph("tiny-mimo-7b"), "cpu", phases=("train",))
+
+
+def test_planning_for_a_device_this_machine_lacks_is_noted():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for _ in range(2):  # the note does not depend on dispatch's once-per-process warning
+        plan = lower(get_graph("tiny-mimo-7b"), "cuda", seq_len=16)
+        assert all("can run cuda tensors on this machine" in e.note for e in plan.entries)
+    assert all(e.note == "" for e in lower(get_graph("tiny-mimo-7b"), "cpu", seq_len=16).entries)
