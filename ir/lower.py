@@ -85,6 +85,10 @@ class KernelPlan:
         """(layer, phase, op) of every entry, in order."""
         return [(e.layer, e.phase, e.op) for e in self.entries]
 
+    def for_layer(self, layer: int, phase: str, *, mtp: bool = False) -> tuple[KernelEntry, ...]:
+        """The entries a model layer runs in ``phase`` (what a module asks to pick its backends)."""
+        return tuple(e for e in self.entries if e.layer == layer and e.phase == phase and e.mtp == mtp)
+
 
 def _device_type(device) -> str:
     name = str(device)

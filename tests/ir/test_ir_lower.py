@@ -19,6 +19,7 @@ def test_hysparse_plan_ops_per_layer_and_phase():
     assert by[("decode", 4)] == ["attention_block_scores", "topk_blocks"]
     assert by[("decode", 6)] == ["sparse_attention_decode", "attention_decode"]
     assert by[("decode", 7)] == ["attention_decode"]
+    assert [e.op for e in plan.for_layer(5, "decode")] == by[("decode", 5)]
     roles = {(e.layer, e.op): e.role for e in plan.entries if e.phase == "prefill"}
     assert roles[(1, "attention_fwd")] == "swa branch" and roles[(7, "attention_fwd")] == "full"
 
