@@ -80,8 +80,8 @@ def param_count(graph: ModelGraph) -> ParamCount:
 
     Example::
 
-        >>> pc = param_count(presets.get_graph("mimo-v2-flash"))
-        >>> round(pc.total / 1e9), round(pc.active / 1e9)
+        pc = param_count(get_graph("mimo-v2-flash"))
+        pc.total, pc.active      # 309.8e9 (3 MTP blocks included), 14.8e9
     """
     h = graph.hidden
     embedding = graph.vocab * h

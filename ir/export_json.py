@@ -5,9 +5,8 @@ order; the document carries ``{"format": "hysparse-ir", "version": 1}``.
 
 Example::
 
-    >>> text = to_json(g)
-    >>> from_json(text) == g
-    True
+    text = to_json(g)
+    assert from_json(text) == g and to_json(from_json(text)) == text
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ milliseconds; ``input_ids`` is ``[batch, seq_len]`` with a symbolic batch.
 
 Example::
 
-    >>> model = to_onnx(graph, seq_len=128)
-    >>> onnx.checker.check_model(model)
+    model = to_onnx(graph, seq_len=128, path="model.onnx")
+    onnx.checker.check_model(model)
 """
 
 from __future__ import annotations

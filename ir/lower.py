@@ -9,9 +9,9 @@ are listed as ``"not yet available"``, never guessed.
 
 Example::
 
-    >>> plan = lower(presets.get_graph("tiny-hysparse-7b"), "cpu", seq_len=256)
-    >>> plan.entries[0].op, plan.entries[0].backend
-    ('attention_block_scores', 'reference')
+    plan = lower(get_graph("tiny-hysparse-7b"), "cpu", seq_len=256)
+    [(e.op, e.backend, e.config_source) for e in plan.for_layer(1, "decode")]
+    # [('sparse_attention_decode', 'reference', 'heuristic'), ('attention_decode', 'reference', 'heuristic')]
 """
 
 from __future__ import annotations

@@ -147,6 +147,13 @@ def test_kv_plan_errors():
         kv_plan(g, 1, 8, dtype="int8")
 
 
+def test_kv_plan_accepts_torch_dtypes():
+    torch = pytest.importorskip("torch")
+    g = tiny("F")
+    assert kv_plan(g, 1, 8, dtype=torch.float32).total_bytes == 2 * kv_plan(g, 1, 8, dtype="bfloat16").total_bytes
+    assert kv_plan(g, 1, 8, dtype=torch.float16).dtype == "float16"
+
+
 def test_hysparse_80b_claim_about_ten_times_less_kv_at_32k():
     plan = kv_plan(get_graph("hysparse-80b-a3b"), batch=1, seq_len=32768)
     # 5 full layers hold 32768 tokens, 44 sparse layers a 128-token SWA cache; the twin 49 x 32768.
