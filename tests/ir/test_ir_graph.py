@@ -121,3 +121,37 @@ def test_attention_dims_defaults():
     assert (d.v_dim, d.rope_dim) == (128, 64)
     d = AttentionDims(q_heads=8, kv_heads=2, qk_dim=64)
     assert (d.v_dim, d.rope_dim) == (64, 64)
+
+
+def test_presets_follow_the_published_layouts():
+    from hysparse_kernels.ir import get_graph
+
+    flash = get_graph("mimo-v2-flash")
+    kinds = "".join(layer.pattern.letter for layer in flash.layers)
+    assert kinds == "FWWWWF" + "WWWWWF" * 7 and kinds.count("F") == 9
+    assert flash.layers[0].ffn == Dense(16384) and all(isinstance(layer.ffn, MoE) for layer in flash.layers[1:])
+    swa, glob = flash.layers[1], flash.layers[0]
+    assert (swa.q_heads, swa.kv_heads, glob.q_heads, glob.kv_heads) == (64, 8, 64, 4)
+    assert (swa.qk_dim, swa.v_dim, swa.rope_dim, swa.value_scale) == (192, 128, 64, 0.707)
+    assert swa.pattern == SlidingWindow(128, sink=True) and glob.pattern == Full()
+    assert flash.mtp.num_layers == 3 and flash.vocab == 152576
+    hs80 = get_graph("hysparse-80b-a3b")
+    assert hs80.num_layers == 49 and sum(layer.pattern.kind == "full" for layer in hs80.layers) == 5
+    assert hs80.layers[-1].pattern == Full() and hs80.layers[1].pattern == OracleSparse(16, 64, 128, True, "sigmoid")
+    hs7 = get_graph("hysparse-7b")
+    assert hs7.num_layers == 36 and hs7.layers[-1].pattern == Full()
+
+
+def test_ir_imports_only_the_kernel_layer():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    for path in (root / "ir").rglob("*.py"):
+        text = path.read_text()
+        imports = re.findall(r"^\s*(?:from|import)\s+(\S+)", text, re.MULTILINE)
+        assert not [m for m in imports if re.match(r"hysparse_kernels\.(models|training|autotune)|torch\.nn|\.\.", m)], path
+    # The kernel layer never imports the IR (its CLI names subcommand modules as strings).
+    for path in (root / "hysparse_kernels").rglob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import)\s+(\S+)", path.read_text(), re.MULTILINE)
+        assert not [m for m in imports if m.startswith("hysparse_kernels.ir")], path
