@@ -29,8 +29,10 @@ from .passes import selection_sources, validate
 from .patterns import Full, OracleSparse, SlidingWindow
 
 PHASES = ("prefill", "decode")
-# The MoE ops a MoE layer lowers to, looked up by name in the dispatch registry.
-MOE_OPS = ("route", "moe")
+# The MoE ops a MoE layer lowers to (routing, then the permute / grouped-GEMM expert MLP /
+# un-permute forward), looked up by name in the dispatch registry: the names the MoE op family
+# registers (``hysparse_kernels/ops/moe/ops.py``); absent ones are "not yet available".
+MOE_OPS = ("moe_route", "moe_fwd")
 
 TUNED, HEURISTIC, UNAVAILABLE = "tuned", "heuristic", "not yet available"
 
