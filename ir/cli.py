@@ -59,12 +59,19 @@ def _ranges(indices) -> str:
 
 
 LAYER_HEADER = ("layer", "pattern", "q/kv", "Dqk/Dv", "rope", "ffn", "kv owner", "kv cache")
-LAYER_FORMAT = "{:>5}  {:<30} {:>7} {:>7} {:>4}  {:<22} {:<20} {:>11}"
+LAYER_RIGHT = (True, False, True, True, True, False, False, True)  # right-aligned columns
+
+
+def table(header, rows, right) -> list[str]:
+    """Rows of cells as text lines, each column as wide as its widest cell, two spaces apart."""
+    cells = [tuple(map(str, header))] + [tuple(map(str, row)) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)).rstrip() for row in cells]
 
 
 def layer_rows(graph, plan) -> list[str]:
     """The layer table, one formatted row per layer (header first)."""
-    rows = [LAYER_FORMAT.format(*LAYER_HEADER)]
+    rows = []
     for layer, own, kv in zip(graph.layers, assign_kv_owners(graph), plan.layers):
         if own.kind == "full":
             owner = "own full"
@@ -72,23 +79,21 @@ def layer_rows(graph, plan) -> list[str]:
             owner = f"own window {own.window}"
         else:
             owner = f"layer {own.reads}" + (f" + window {own.window}" if own.owns == "window" else "")
-        rows.append(LAYER_FORMAT.format(layer.index, layer.pattern.describe(), f"{layer.q_heads}/{layer.kv_heads}",
-                                        f"{layer.qk_dim}/{layer.v_dim}", layer.rope_dim, layer.ffn.describe(), owner,
-                                        human_bytes(kv.bytes)))
-    return rows
+        rows.append((layer.index, layer.pattern.describe(), f"{layer.q_heads}/{layer.kv_heads}",
+                     f"{layer.qk_dim}/{layer.v_dim}", layer.rope_dim, layer.ffn.describe(), owner, human_bytes(kv.bytes)))
+    return table(LAYER_HEADER, rows, LAYER_RIGHT)
 
 
 def kernel_rows(kplan) -> list[str]:
     """The kernel plan, entries with the same (phase, op, backend, kernel, source) grouped over layers."""
     groups: dict[tuple, list[int]] = {}
     for e in kplan.entries:
-        key = (e.phase, "mtp" if e.mtp else "main", e.role, e.op, e.backend, e.kernel, e.config_source)
+        key = (e.phase, "mtp" if e.mtp else "main", e.role, e.op, e.backend, e.config_source, e.kernel)
         groups.setdefault(key, []).append(e.layer)
-    fmt = "{:<8} {:<5} {:<16} {:<20} {:<24} {:<10} {:<18} {}"
-    rows = [fmt.format("phase", "block", "layers", "role", "op", "backend", "config", "kernel")]
-    for (phase, block, role, op, backend, kernel, source), layers in groups.items():
-        rows.append(fmt.format(phase, block, _ranges(sorted(set(layers))), role, op, backend, source, kernel))
-    return rows
+    rows = [(phase, block, _ranges(sorted(set(layers))), role, op, backend, source, kernel)
+            for (phase, block, role, op, backend, source, kernel), layers in groups.items()]
+    header = ("phase", "block", "layers", "role", "op", "backend", "config", "kernel")
+    return table(header, rows, (False,) * len(header))
 
 
 def run(args) -> int:

@@ -10,15 +10,15 @@ from hysparse_kernels.ir import cli, from_json, get_graph
 from hysparse_kernels.ir.lower import MOE_OPS
 
 GOLDEN_LAYER_ROWS = """\
-layer  pattern                           q/kv  Dqk/Dv rope  ffn                    kv owner                kv cache
-    0  full                               4/2   16/16   16  dense 172              own full              512.00 KiB
-    1  sparse(top2x16, swa16, sink)       4/2   16/16   16  dense 172              layer 0 + window 16     2.00 KiB
-    2  sparse(top2x16, swa16, sink)       4/2   16/16   16  dense 172              layer 0 + window 16     2.00 KiB
-    3  sparse(top2x16, swa16, sink)       4/2   16/16   16  dense 172              layer 0 + window 16     2.00 KiB
-    4  full                               4/2   16/16   16  dense 172              own full              512.00 KiB
-    5  sparse(top2x16, swa16, sink)       4/2   16/16   16  dense 172              layer 4 + window 16     2.00 KiB
-    6  sparse(top2x16, swa16, sink)       4/2   16/16   16  dense 172              layer 4 + window 16     2.00 KiB
-    7  full                               4/2   16/16   16  dense 172              own full              512.00 KiB"""
+layer  pattern                       q/kv  Dqk/Dv  rope  ffn        kv owner               kv cache
+    0  full                           4/2   16/16    16  dense 172  own full             512.00 KiB
+    1  sparse(top2x16, swa16, sink)   4/2   16/16    16  dense 172  layer 0 + window 16    2.00 KiB
+    2  sparse(top2x16, swa16, sink)   4/2   16/16    16  dense 172  layer 0 + window 16    2.00 KiB
+    3  sparse(top2x16, swa16, sink)   4/2   16/16    16  dense 172  layer 0 + window 16    2.00 KiB
+    4  full                           4/2   16/16    16  dense 172  own full             512.00 KiB
+    5  sparse(top2x16, swa16, sink)   4/2   16/16    16  dense 172  layer 4 + window 16    2.00 KiB
+    6  sparse(top2x16, swa16, sink)   4/2   16/16    16  dense 172  layer 4 + window 16    2.00 KiB
+    7  full                           4/2   16/16    16  dense 172  own full             512.00 KiB"""
 
 
 def run_cli(capsys, *argv):
