@@ -149,6 +149,9 @@ def lower(
     """
     validate(graph)
     dev = _device_type(device)
+    for name, value in (("batch", batch), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
     for p in phases:
         if p not in PHASES:
             raise ValueError(f"phases: expected a subset of {PHASES}, got {p!r}")

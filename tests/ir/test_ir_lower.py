@@ -79,6 +79,8 @@ def test_explicit_backend_and_bad_device():
         lower(get_graph("tiny-mimo-7b"), "cpu", backend="cutlass", seq_len=16)
     with pytest.raises(ValueError, match="device: expected one of"):
         lower(get_graph("tiny-mimo-7b"), "tpu")
+    with pytest.raises(ValueError, match="seq_len: expected a positive int, got 0"):
+        lower(get_graph("tiny-mimo-7b"), "cpu", seq_len=0)
     with pytest.raises(ValueError, match="phases"):
         lower(get_graph("tiny-mimo-7b"), "cpu", phases=("train",))
 
