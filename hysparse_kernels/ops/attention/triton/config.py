@@ -112,8 +112,8 @@ def default_config(op: str, shape: dict) -> Config:
     if interpreted():
         # One config; small tiles keep numpy's temporaries small. Block sizes that the op fixes
         # (block scores: block_n = block_size) are set by the launcher.
-        return Config(block_m=16 if op in ("sparse_attention", "decode", "topk_blocks") else 32, block_n=32,
-                      num_warps=4, num_stages=1)
+        block_m = {"sparse_attention": 16, "decode": 16, "topk_blocks": 128}.get(op, 32)
+        return Config(block_m=block_m, block_n=32, num_warps=4, num_stages=1)
     configs = vendor_configs(op)
     dmax = max(shape.get("dqk", 64), shape.get("dv", 64))
     if op in ("attention_fwd", "attention_block_scores"):
