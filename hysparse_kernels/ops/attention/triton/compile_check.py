@@ -61,10 +61,12 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
     prec = dot_precision(tdt)
     specs = []
     # (dqk, dv, causal, window, sink, block-score block size)
-    fwd_cases = [(128, 128, True, None, False, None), (128, 128, True, 1024, True, None),
-                 (192, 128, True, None, False, None), (128, 128, True, None, False, 64)]
     if full:
-        fwd_cases += [(64, 64, False, None, False, None), (64, 64, True, None, True, None)]
+        fwd_cases = [(128, 128, True, None, False, None), (128, 128, True, 1024, True, None),
+                     (192, 128, True, None, False, None), (128, 128, True, None, False, 64),
+                     (64, 64, False, None, False, None), (64, 64, True, None, True, None)]
+    else:  # one compile that switches every code path on: window, sink and the block-score pass
+        fwd_cases = [(128, 128, True, 1024, True, 64)]
     for dqk, dv, causal, window, sink, bs in fwd_cases:
         op = "attention_fwd" if bs is None else "attention_block_scores"
         cfg = default_config(op, {"dqk": dqk, "dv": dv, "sk": 16384})
@@ -135,11 +137,14 @@ def main(argv=None) -> int:
     parser.add_argument("arch", type=int, nargs="+", help="compute capabilities, e.g. 80 90")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--quick", action="store_true", help="one config per kernel")
+    parser.add_argument("--only", default="", help="compile only kernels whose id starts with this prefix")
     parser.add_argument("--json", action="store_true", help="print one JSON object per kernel")
     args = parser.parse_args(argv)
     failed = 0
     for arch in args.arch:
         for spec in shipped_specs(args.dtype, full=not args.quick):
+            if not spec.name.startswith(args.only):
+                continue
             t0 = time.perf_counter()
             try:
                 ck = compile_spec(spec, arch)
