@@ -90,13 +90,18 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
         specs.append(KernelSpec(f"attn_bwd_dkdv-d{dqk}v{dv}", bwd._attn_bwd_dkdv_kernel,
                                 {**ptrs, "DK": dtype, "DV_OUT": dtype}, common, floats=("qk_scale", "scale")))
     cfg = default_config("sparse_attention", {})
-    for dqk, dv, group, decode_mode in ([(128, 128, 8, False), (192, 128, 16, True)] if full else [(128, 128, 8, False)]):
-        c = dict(DQK=dqk, DV=dv, BLOCK_SIZE=64, BLOCK_M=max(cfg.block_m, group), BLOCK_K=16, BLOCK_DQK=head_block(dqk),
-                 BLOCK_DV=head_block(dv), PREC=prec, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    cfg_b = default_config("sparse_attention_bwd", {})
+    for dqk, dv, group, decode_mode in ([(128, 128, 4, False), (192, 128, 16, True)] if full else [(128, 128, 4, False)]):
+        block_q = 1 if decode_mode else max(1, cfg.block_m // group)
+        c = dict(DQK=dqk, DV=dv, BLOCK_SIZE=64, BLOCK_K=16, BLOCK_DQK=head_block(dqk), BLOCK_DV=head_block(dv),
+                 PREC=prec, DOT_F32=False)
         specs.append(KernelSpec(
-            f"sparse_fwd-d{dqk}v{dv}-g{group}{'-decode' if decode_mode else ''}", sparse._sparse_fwd_kernel,
+            f"sparse_fwd-d{dqk}v{dv}-g{group}xq{block_q}{'-decode' if decode_mode else ''}", sparse._sparse_fwd_kernel,
             dict(Q=dtype, K=dtype, V=dtype, IDX="i32", SEQLENS="i32", SINK="fp32", OUT=dtype, LSE="fp32"),
-            {**c, "HAS_SINK": True, "DECODE": decode_mode}, floats=("qk_scale",)))
+            {**c, "HAS_SINK": True, "DECODE": decode_mode, "BLOCK_Q": block_q, "BLOCK_M": max(16, block_q * group),
+             "BLOCK_L": max(16, block_q * 16), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+            floats=("qk_scale",)))
+        c = {**c, "BLOCK_M": max(16, group), "num_warps": cfg_b.num_warps, "num_stages": cfg_b.num_stages}
         specs.append(KernelSpec(
             f"sparse_bwd-d{dqk}v{dv}-g{group}", sparse_bwd._sparse_bwd_kernel,
             dict(Q=dtype, K=dtype, V=dtype, DO=dtype, LSE="fp32", DELTA="fp32", IDX="i32", DQ=dtype, DK32="fp32",

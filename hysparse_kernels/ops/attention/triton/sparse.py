@@ -2,14 +2,20 @@
 
 Kernel chain: ``_sparse_fwd_kernel`` -> ``sparse_attention_fwd`` / ``sparse_attention_decode``.
 
-One program per (query, batch x KV head). Its rows are the ``G = Hq / Hkv`` query heads of the
-KV group (padded to ``BLOCK_M >= 16`` rows for ``tl.dot``), because the block indices are shared
-by the group (``indices [B, Hkv, Sq, k]``): every gathered K/V block is loaded once and used by
-all heads of the group. The program loops over its query's own list of blocks (no union across
-queries: lists of neighbouring queries differ, and a union would attend to blocks a query did
-not select). A block appearing twice in a list counts once (later copies are skipped), ``-1``
-entries are pads, and keys after the query's position are masked (causal inside its own block).
-The sink is folded into the running max and denominator as in the dense forward.
+One program per (block of ``BLOCK_Q`` consecutive queries, batch x KV head). Its rows are
+``(query, head)`` pairs: the ``G = Hq / Hkv`` heads of the KV group share the group's index lists
+(``indices [B, Hkv, Sq, k]``), and ``BLOCK_Q`` neighbouring queries share the **union** of their
+lists: each gathered K/V block is loaded once per program, and a row keeps only the blocks its
+own query selected (a per-row mask from its list), so the result is exactly per-query sparse
+attention. Oracle selections of neighbouring queries overlap heavily (local blocks, early
+"sink" blocks), so the union is close to ``k`` blocks while the rows fill a tensor-core tile
+(64 rows: wgmma on sm90). With ``BLOCK_Q = 1`` (decode, or ``G >= 16``) it is one query per
+program. Which ``BLOCK_Q`` is fastest depends on the overlap of real selections and was not
+measured (no GPU): ``config.cuda_configs("sparse_attention")`` holds both shapes.
+
+A block appearing twice counts once (later copies are skipped), ``-1`` entries are pads, keys
+after the query's position are masked (causal inside its own block), and the sink is folded
+into the running max and denominator as in the dense forward.
 """
 
 from __future__ import annotations
@@ -38,24 +44,31 @@ def _sparse_fwd_kernel(
     Q, K, V, IDX, SEQLENS, SINK, OUT, LSE,
     Sq, Sk, Hq, Hkv, n_sel, qk_scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_SINK: tl.constexpr,
-    DECODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQK: tl.constexpr,
-    BLOCK_DV: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+    DECODE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):
     # Q [B, Hq, Sq, DQK], K [B, Hkv, Sk, DQK], V [B, Hkv, Sk, DV], IDX [B, Hkv, Sq, n_sel] int32,
     # SEQLENS [B] (DECODE: query i sits at SEQLENS[b] - Sq + i; else at Sk - Sq + i),
     # OUT [B, Hq, Sq, DV], LSE [B, Hq, Sq] fp32.
-    i = tl.program_id(0)
+    # Rows: r = qi * G + g for the BLOCK_Q queries i0 + qi and the G heads of the KV group.
+    pid_q = tl.program_id(0)
     bkv = tl.program_id(1)
     b = bkv // Hkv
     hkv = bkv % Hkv
     G = Hq // Hkv
-    o_r = tl.arange(0, BLOCK_M)  # row r = query head hkv * G + r
-    m_r = o_r < G
-    h = hkv * G + o_r
+    i0 = pid_q * BLOCK_Q
+    n_q = tl.minimum(BLOCK_Q, Sq - i0)
+    o_r = tl.arange(0, BLOCK_M)
+    qi = o_r // G
+    i = i0 + qi
+    m_r = (qi < n_q) & (o_r < BLOCK_Q * G)
+    h = hkv * G + o_r % G
     o_dqk = tl.arange(0, BLOCK_DQK)
     o_dv = tl.arange(0, BLOCK_DV)
     o_n = tl.arange(0, BLOCK_SIZE)
-    q_rows = ((b * Hq + h).to(tl.int64) * Sq + i)  # [BLOCK_M] row ids in [B*Hq*Sq]
+    o_k = tl.arange(0, BLOCK_K)
+    q_rows = (b * Hq + h).to(tl.int64) * Sq + i  # [BLOCK_M] row ids in [B*Hq*Sq]
     kv_row = (b * Hkv + hkv).to(tl.int64) * Sk
     if DECODE:
         pos = tl.load(SEQLENS + b).to(tl.int32) - Sq + i
@@ -73,27 +86,34 @@ def _sparse_fwd_kernel(
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
-    p_idx = IDX + (((b * Hkv + hkv).to(tl.int64) * Sq + i) * n_sel)
-    for t in range(0, n_sel):
-        idx = tl.load(p_idx + t)
-        if _block_is_new(p_idx, t, idx, n_sel, BLOCK_K):
-            o_k = idx * BLOCK_SIZE + o_n
-            vis = (o_k < Sk) & (o_k <= pos)
+    # The index lists of the block's queries, back to back: [n_q * n_sel] entries from p_idx.
+    p_idx = IDX + ((b * Hkv + hkv).to(tl.int64) * Sq + i0) * n_sel
+    # Each row's own list [BLOCK_M, BLOCK_K] (-2 where absent) decides which union blocks it sees.
+    row_lists = tl.load(p_idx + qi[:, None] * n_sel + o_k[None, :], mask=m_r[:, None] & (o_k[None, :] < n_sel),
+                        other=-2)
+    for e in range(0, n_q * n_sel):
+        idx = tl.load(p_idx + e)
+        # union of the lists: skip -1 pads and blocks an earlier entry already brought in
+        if _block_is_new(p_idx, e, idx, n_sel, BLOCK_L):
+            chosen = tl.max((row_lists == idx).to(tl.int32), 1) > 0  # [BLOCK_M] did the row's query pick it
+            o_key = idx * BLOCK_SIZE + o_n
+            in_range = o_key < Sk
+            vis = chosen[:, None] & in_range[None, :] & (o_key[None, :] <= pos[:, None])
             # gathered K^T block [BLOCK_DQK, BLOCK_SIZE]
-            b_kt = tl.load(K + (kv_row + o_k[None, :]) * DQK + o_dqk[:, None],
-                           mask=vis[None, :] & (o_dqk[:, None] < DQK), other=0.0)
+            b_kt = tl.load(K + (kv_row + o_key[None, :]) * DQK + o_dqk[:, None],
+                           mask=in_range[None, :] & (o_dqk[:, None] < DQK), other=0.0)
             if DOT_F32:
                 b_kt = b_kt.to(tl.float32)
             s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BLOCK_M, BLOCK_SIZE] log2 units
-            s = tl.where(vis[None, :], s, float("-inf"))
+            s = tl.where(vis, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(s - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
-            b_v = tl.load(V + (kv_row + o_k[:, None]) * DV + o_dv[None, :], mask=vis[:, None] & (o_dv[None, :] < DV),
-                          other=0.0)
+            b_v = tl.load(V + (kv_row + o_key[:, None]) * DV + o_dv[None, :],
+                          mask=in_range[:, None] & (o_dv[None, :] < DV), other=0.0)
             if DOT_F32:
                 acc = tl.dot(p, b_v.to(tl.float32), acc, input_precision=PREC)
             else:
@@ -127,15 +147,19 @@ def _launch_sparse(q, k, v, indices, block_size, sink, scale, cache_seqlens=None
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
     seqlens = cache_seqlens.to(torch.int32).contiguous() if cache_seqlens is not None else indices
-    grid = (Sq, B * Hkv)
+    # Queries per program: fill cfg.block_m rows with whole KV groups (at least one query).
+    block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
+    block_m = max(16, next_pow2(block_q * group))
+    grid = (triton.cdiv(Sq, block_q), B * Hkv)
     if Sq == 0 or B * Hkv == 0:
         return out, lse
     _sparse_fwd_kernel[grid](
         q, k, v, indices, seqlens, sink.contiguous() if sink is not None else lse, out, lse,
         Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E,
         DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, HAS_SINK=sink is not None, DECODE=cache_seqlens is not None,
-        BLOCK_M=max(cfg.block_m, next_pow2(group)), BLOCK_K=max(16, next_pow2(n_sel)), BLOCK_DQK=head_block(Dqk),
-        BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
+        BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_K=max(16, next_pow2(n_sel)),
+        BLOCK_L=max(16, next_pow2(block_q * n_sel)), BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv),
+        PREC=dot_precision(q.dtype), **cfg.launch(),
     )
     return out, lse
 

@@ -102,7 +102,7 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
     n_sel = indices.shape[-1]
     group = Hq // Hkv
     delta = softmax_delta(dout, out, dlse).contiguous()
-    cfg = config_for("sparse_attention", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group})
+    cfg = config_for("sparse_attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group})
     dq = torch.zeros_like(q)
     dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
@@ -110,7 +110,7 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
         _sparse_bwd_kernel[(Sq, B * Hkv)](
             q, k, v, dout, lse, delta, indices, dq, dk32, dv32,
             Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E, scale,
-            DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, BLOCK_M=max(cfg.block_m, next_pow2(group)),
+            DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, BLOCK_M=max(16, next_pow2(group)),
             BLOCK_K=max(16, next_pow2(n_sel)), BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv),
             PREC=dot_precision(q.dtype), **cfg.launch(),
         )
