@@ -101,9 +101,11 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
             {**c, "HAS_SINK": True, "DECODE": decode_mode, "BLOCK_Q": block_q, "BLOCK_M": max(16, block_q * group),
              "BLOCK_L": max(16, block_q * 16), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
             floats=("qk_scale",)))
-        c = {**c, "BLOCK_M": max(16, group), "num_warps": cfg_b.num_warps, "num_stages": cfg_b.num_stages}
+        block_q = max(1, cfg_b.block_m // group)
+        c = {**c, "BLOCK_Q": block_q, "BLOCK_M": max(16, block_q * group), "BLOCK_L": max(16, block_q * 16),
+             "num_warps": cfg_b.num_warps, "num_stages": cfg_b.num_stages}
         specs.append(KernelSpec(
-            f"sparse_bwd-d{dqk}v{dv}-g{group}", sparse_bwd._sparse_bwd_kernel,
+            f"sparse_bwd-d{dqk}v{dv}-g{group}xq{block_q}", sparse_bwd._sparse_bwd_kernel,
             dict(Q=dtype, K=dtype, V=dtype, DO=dtype, LSE="fp32", DELTA="fp32", IDX="i32", DQ=dtype, DK32="fp32",
                  DV32="fp32"), c, floats=("qk_scale", "scale")))
     cfg = default_config("decode", {})

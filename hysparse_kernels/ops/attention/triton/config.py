@@ -86,13 +86,13 @@ def cuda_configs(op: str) -> list[Config]:
     if op == "attention_bwd":
         # The dk/dv program holds two [BLOCK_N, D] fp32 accumulators: keep the tiles at 64.
         return [Config(64, 64, 4, 2), Config(32, 64, 4, 2), Config(64, 128, 8, 2)]
-    if op == "sparse_attention":
+    if op in ("sparse_attention", "sparse_attention_bwd"):
         # block_m = rows = (queries sharing the union of their blocks) x (heads of the KV group):
         # 64 rows reach wgmma on sm90 and let ~16 / G neighbouring queries share each gathered
         # block; 16 rows is the one-query-per-program fallback.
         return [Config(64, 64, 4, 2), Config(128, 64, 8, 2), Config(16, 64, 4, 2)]
-    if op in ("sparse_attention_bwd", "decode"):
-        # Rows are the query heads of one KV group (x new tokens for decode), padded to 16.
+    if op == "decode":
+        # Rows are the query heads of one KV group x the new tokens, padded to 16.
         return [Config(16, 64, 4, 2), Config(16, 128, 4, 2), Config(32, 64, 4, 3)]
     if op == "topk_blocks":
         return [Config(16, 0, 4, 1), Config(4, 0, 4, 1)]
