@@ -14,16 +14,14 @@ entirely before the window are never visited (not merely masked). Logits are kep
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, interpreted
+from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 @triton.jit

@@ -30,8 +30,9 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _block_is_new(p_idx, t, idx, K, BLOCK_K: tl.constexpr):
-    """True when slot ``t`` of an index list holds a real block not already listed before it."""
+def _block_is_new(p_idx, t, idx, BLOCK_K: tl.constexpr):
+    """True when entry ``t`` of an index list holds a real block (not a -1 pad) that no earlier
+    entry lists: the list is read back from memory, up to BLOCK_K >= t entries."""
     o_t = tl.arange(0, BLOCK_K)
     earlier = tl.load(p_idx + o_t, mask=o_t < t, other=-1)
     dup = tl.sum(tl.where((earlier == idx) & (o_t < t), 1, 0), 0)
@@ -94,7 +95,7 @@ def _sparse_fwd_kernel(
     for e in range(0, n_q * n_sel):
         idx = tl.load(p_idx + e)
         # union of the lists: skip -1 pads and blocks an earlier entry already brought in
-        if _block_is_new(p_idx, e, idx, n_sel, BLOCK_L):
+        if _block_is_new(p_idx, e, idx, BLOCK_L):
             chosen = tl.max((row_lists == idx).to(tl.int32), 1) > 0  # [BLOCK_M] did the row's query pick it
             o_key = idx * BLOCK_SIZE + o_n
             in_range = o_key < Sk

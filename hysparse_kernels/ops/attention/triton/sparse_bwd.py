@@ -70,7 +70,7 @@ def _sparse_bwd_kernel(
                         other=-2)
     for e in range(0, n_q * n_sel):
         idx = tl.load(p_idx + e)
-        if _block_is_new(p_idx, e, idx, n_sel, BLOCK_L):  # union of the queries' lists, as in the forward
+        if _block_is_new(p_idx, e, idx, BLOCK_L):  # union of the queries' lists, as in the forward
             chosen = tl.max((row_lists == idx).to(tl.int32), 1) > 0
             o_key = idx * BLOCK_SIZE + o_n
             in_range = o_key < Sk
