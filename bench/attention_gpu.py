@@ -40,6 +40,10 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=4096, help="sliding window of the SWA rows")
     p.add_argument("--topk", type=int, default=16, help="selected blocks per query (sparse)")
     p.add_argument("--block-size", type=int, default=64, help="HySparse block size")
+    p.add_argument("--selection", default="oracle", choices=("oracle", "local", "random"),
+                   help="sparse block lists: top-k of our block scores on the inputs (oracle), the query's "
+                        "own and preceding blocks plus block 0 (local), or top-k of random scores (random: "
+                        "least overlap between neighbouring queries, the worst case for shared unions)")
     p.add_argument("--decode-context", type=int, default=32768, help="cache length of the decode rows")
     p.add_argument("--decode-batch", type=int, default=8)
     p.add_argument("--no-backward", action="store_true", help="forward only")
@@ -174,7 +178,17 @@ def run_sparse(args, rows):
     q = torch.randn(B, Hq, S, D, device="cuda", dtype=dt)
     k = torch.randn(B, Hkv, S, D, device="cuda", dtype=dt)
     v = torch.randn(B, Hkv, S, D, device="cuda", dtype=dt)
-    scores = torch.rand(B, Hkv, S, -(-S // bs), device="cuda")
+    n_blocks = -(-S // bs)
+    if args.selection == "oracle":
+        _, _, scores = hk.attention_with_block_scores(q, k, v, block_size=bs, backend="triton")
+    elif args.selection == "random":
+        scores = torch.rand(B, Hkv, S, n_blocks, device="cuda")
+    else:  # local: own block highest, then the preceding ones, block 0 (attention sink) next
+        own = (torch.arange(S, device="cuda") // bs)[:, None]
+        blk = torch.arange(n_blocks, device="cuda")[None, :]
+        scores = torch.where(blk <= own, 1.0 / (1.0 + own - blk).float(), 0.0)
+        scores[:, 0] = 0.75
+        scores = scores.expand(B, Hkv, S, n_blocks).contiguous()
     idx = hk.topk_blocks(scores, args.topk, block_size=bs, seqlen_k=S, backend="triton")
     ms_full = bench_ms(lambda: hk.attention(q, k, v, backend="triton"), args.warmup, args.iters)
     ms_sparse = bench_ms(lambda: hk.sparse_attention(q, k, v, idx, block_size=bs, backend="triton"), args.warmup, args.iters)
@@ -183,7 +197,7 @@ def run_sparse(args, rows):
     ms_scores = bench_ms(lambda: hk.attention_with_block_scores(q, k, v, block_size=bs, backend="triton"),
                          args.warmup, args.iters)
     vis = min(args.topk * bs, S / 2)
-    for impl, ms, keys in (("triton full", ms_full, S / 2), (f"triton sparse top-{args.topk}x{bs}", ms_sparse, vis),
+    for impl, ms, keys in (("triton full", ms_full, S / 2), (f"triton sparse top-{args.topk}x{bs} {args.selection}", ms_sparse, vis),
                            ("triton full + block scores", ms_scores, S / 2), ("triton topk_blocks", ms_topk, 0)):
         rows.append({"pattern": "hysparse", "S": S, "pass": "fwd", "impl": impl, "ms": ms,
                      "tflops": attention_flops(B, Hq, S, keys, D, False) / ms / 1e9 if keys else 0.0,
@@ -212,11 +226,11 @@ def run_decode(args, rows):
 
 
 def print_table(rows):
-    head = f"{'pattern':<18} {'S':>6} {'pass':<8} {'impl':<32} {'ms':>9} {'TFLOP/s':>8} {'ms/triton':>9}"
+    head = f"{'pattern':<18} {'S':>6} {'pass':<8} {'impl':<36} {'ms':>9} {'TFLOP/s':>8} {'ms/triton':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['pattern']:<18} {r['S']:>6} {r['pass']:<8} {r['impl']:<32} {r['ms']:>9.3f} "
+        print(f"{r['pattern']:<18} {r['S']:>6} {r['pass']:<8} {r['impl']:<36} {r['ms']:>9.3f} "
               f"{r.get('tflops', float('nan')):>8.1f} {r.get('triton_speedup', float('nan')):>9.2f}")
 
 
