@@ -40,7 +40,8 @@ for _op, _fn in {
 
 # Optimised backends (forward kernels; the backward passes run where a backend has them, else on
 # the reference, see `_bwd_backend`).
-# (registered below as they are written)
+dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm:moe")
+dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm:grouped_gemm")
 
 
 def _backend(name: str) -> str | None:
