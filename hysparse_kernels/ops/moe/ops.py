@@ -42,6 +42,9 @@ for _op, _fn in {
 # the reference, see `_bwd_backend`).
 dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm:moe")
 dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm:grouped_gemm")
+dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.fused:moe")
+dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.fused:grouped_gemm")
+dispatch.register("moe_route", "triton", f"{_PKG}.triton.routing:route")
 
 
 def _backend(name: str) -> str | None:
