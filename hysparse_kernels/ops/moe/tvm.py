@@ -41,6 +41,9 @@ _cache: dict[tuple, object] = {}
 # fastest of the fitting shapes on the 2-core development machine. MT = rows kept in L2 while
 # the thread walks its column blocks (MT * K * 4 bytes = 512 KiB at K = 1024).
 _TILES = {"gate_up": (2, 2), "down": (4, 2), "plain": (4, 2)}
+# Decode-like calls (about one row per active expert): a one-row tile wastes no FMAs on clamped
+# rows, and the wider column tile reuses each x load across more weight rows.
+_TILES_ONE_ROW = {"gate_up": (1, 4), "down": (1, 4), "plain": (1, 4)}
 _MT = 128
 
 
@@ -66,8 +69,8 @@ def _build(key: tuple, make):
     return lib
 
 
-def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str):
-    mr, nr = _TILES[mode]
+def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str, rows_per_expert: float = 64.0):
+    mr, nr = (_TILES_ONE_ROW if rows_per_expert < 2 else _TILES)[mode]
     nr, p = _split(N, nr, num_threads())
     key = ("gemm", E, N, Kdim, mode, dtype, mr, nr, p)
     return _build(key, lambda: K.grouped_gemm_func(E, N, Kdim, mode=mode, MR=mr, NR=nr, MT=_MT, P=p, dtype=dtype))
@@ -87,6 +90,13 @@ def _pad_k(t: Tensor, lanes: int) -> Tensor:
     """Zero-pad the last dim to a multiple of the vector width (the kernels walk K by registers)."""
     extra = (-t.shape[-1]) % lanes
     return torch.nn.functional.pad(t, (0, extra)).contiguous() if extra else t.contiguous()
+
+
+def _rows_per_expert(offsets: Tensor) -> float:
+    """Mean rows of the experts that have any (picks the register tile)."""
+    counts = offsets[1:] - offsets[:-1]
+    active = int((counts > 0).sum())
+    return float(offsets[-1]) / max(active, 1)
 
 
 def _sort_pairs(expert_ids: Tensor, num_experts: int):
@@ -113,7 +123,7 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
         return y
     dummy_rows = torch.empty(M, dtype=torch.int64)
     dummy_scale = torch.empty(M, dtype=torch.float64 if dtype == "float64" else torch.float32)
-    _gemm_lib(E, N, Kp, "plain", dtype)["main"](x, dummy_rows, wp, expert_offsets.contiguous(), dummy_scale, y)
+    _gemm_lib(E, N, Kp, "plain", dtype, _rows_per_expert(expert_offsets))["main"](x, dummy_rows, wp, expert_offsets.contiguous(), dummy_scale, y)
     return y
 
 
@@ -133,11 +143,12 @@ def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_id
     scale = weights.reshape(-1)[order].to(acc).contiguous()
     M = order.numel()
     xp, wgu = _pad_k(x, lanes), _pad_k(w_gate_up, lanes)
+    rpe = _rows_per_expert(offsets)
     h = torch.empty(M, inter, dtype=x.dtype)
-    _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype)["main"](xp, rowtok, wgu, offsets, scale, h)
+    _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype, rpe)["main"](xp, rowtok, wgu, offsets, scale, h)
     y = torch.empty(M, D, dtype=acc)
     wd = _pad_k(w_down, lanes)
-    _gemm_lib(E, D, wd.shape[2], "down", dtype)["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
+    _gemm_lib(E, D, wd.shape[2], "down", dtype, rpe)["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
     if D % lanes:
         return y[inverse.view(T, k)].sum(1).to(x.dtype)
     out = torch.empty(T, D, dtype=x.dtype)
