@@ -45,6 +45,7 @@ dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm:grouped_gemm")
 dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.fused:moe")
 dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.fused:grouped_gemm")
 dispatch.register("moe_route", "triton", f"{_PKG}.triton.routing:route")
+dispatch.register("grouped_gemm", "cutlass", f"{_PKG}.cutlass:grouped_gemm")
 
 
 def _backend(name: str) -> str | None:
