@@ -32,7 +32,6 @@ SHAPES = [
     (1, 8, 2, 32, 16),
     (37, 8, 2, 48, 24),
     (13, 6, 3, 20, 10),
-    (64, 16, 4, 64, 32),
 ]
 
 
@@ -53,7 +52,7 @@ def test_moe_tvm_matches_reference(shape, dtype, atol):
 
 @pytest.mark.parametrize("counts", [[3, 0, 0, 5, 1, 0], [0, 0, 9, 0, 0, 0], [1, 0, 0, 0, 0, 0]],
                          ids=["empty-experts", "one-expert", "one-row"])
-@pytest.mark.parametrize("dtype,atol", DTYPES, ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("dtype,atol", DTYPES[:2], ids=["fp32", "bf16"])
 def test_grouped_gemm_tvm_matches_reference(counts, dtype, atol):
     E, K, N = len(counts), 40, 24
     off = torch.zeros(E + 1, dtype=torch.int64)

@@ -78,6 +78,7 @@ def nvcc_path() -> str | None:
 def _cppgen(cc: int):
     """Import cutlass_cppgen and set the module state it would read from a GPU (slow: ~15 s)."""
     import cutlass_cppgen
+    import cutlass_library.generator  # noqa: F401  (OptionRegistry reads it; not imported by the package)
     from cutlass_cppgen.library_defaults import OptionRegistry
 
     if getattr(cutlass_cppgen.this, "_nvcc_version", None) is None:
