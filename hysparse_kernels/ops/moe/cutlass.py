@@ -145,7 +145,7 @@ def compile_source(source: str, out: pathlib.Path, *, arch: str = "sm_80", mode:
 
 
 def _cache_dir() -> pathlib.Path:
-    base = os.environ.get("HYSPARSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hysparse")
+    base = os.environ.get("HYSPARSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hysparse-kernels")
     return pathlib.Path(base) / "cutlass"
 
 
