@@ -92,3 +92,14 @@ def test_moe_tvm_gradients_match_reference():
 def test_tvm_is_the_cpu_default_for_moe():
     assert dispatch.resolve("moe_fwd", "cpu") == TVM
     assert dispatch.resolve("grouped_gemm", "cpu") == TVM
+
+
+def test_moe_tvm_saturating_gates():
+    """Gate pre-activations far in both tails (|g| up to ~1e3): SiLU's exp must neither overflow
+    nor lose the linear branch (the fp32 kernel uses its own exp)."""
+    x, wgu, wd, w, ids = _data(16, 4, 2, 32, 16)
+    x = x * 300.0
+    out = hk.moe(x.float(), wgu.float(), wd.float(), w, ids, backend=TVM)
+    ref64 = R.moe(x, wgu, wd, w.double(), ids)
+    assert torch.isfinite(out).all()
+    assert_close_to_reference(out, ref64, R.moe(x.float(), wgu.float(), wd.float(), w, ids), atol=1e-3)
