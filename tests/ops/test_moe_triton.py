@@ -166,3 +166,12 @@ def test_route_kernel_compiles_for_sm80_and_sm90():
 def test_moe_triton_gpu_large(T):
     for dtype, atol in DTYPES[:2]:
         _check_moe((T, 64, 8, 1024, 512), dtype, atol)
+
+
+def test_opcheck_triton():
+    from hysparse_kernels.ops.moe import ops
+
+    x, wgu, wd, w, ids = _data(6, 4, 2, 16, 16)
+    args = [t.float().to(DEV).requires_grad_() for t in (x, wgu, wd, w)]
+    torch.library.opcheck(ops.moe_fwd, (*args, ids.to(DEV), TRI))
+    torch.library.opcheck(ops.moe_route, (torch.randn(5, 16, device=DEV), 4, "sigmoid", None, 4, 2, True, 2.5, TRI))

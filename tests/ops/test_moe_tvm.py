@@ -103,3 +103,13 @@ def test_moe_tvm_saturating_gates():
     ref64 = R.moe(x, wgu, wd, w.double(), ids)
     assert torch.isfinite(out).all()
     assert_close_to_reference(out, ref64, R.moe(x.float(), wgu.float(), wd.float(), w, ids), atol=1e-3)
+
+
+def test_opcheck_tvm():
+    from hysparse_kernels.ops.moe import ops
+
+    x, wgu, wd, w, ids = _data(6, 4, 2, 16, 8)
+    args = [t.float().requires_grad_() for t in (x, wgu, wd, w)]
+    torch.library.opcheck(ops.moe_fwd, (*args, ids, TVM))
+    xs, off, _ = ops.moe_permute(x.float(), ids, 4, "reference")
+    torch.library.opcheck(ops.grouped_gemm, (xs.requires_grad_(), wgu.float().requires_grad_(), off, TVM))
