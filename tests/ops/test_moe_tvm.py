@@ -113,3 +113,16 @@ def test_opcheck_tvm():
     torch.library.opcheck(ops.moe_fwd, (*args, ids, TVM))
     xs, off, _ = ops.moe_permute(x.float(), ids, 4, "reference")
     torch.library.opcheck(ops.grouped_gemm, (xs.requires_grad_(), wgu.float().requires_grad_(), off, TVM))
+
+
+def test_compile_fullgraph_tvm_matches_eager():
+    x, wgu, wd, _, _ = _data(7, 4, 2, 16, 8)
+    x, wgu, wd = x.float(), wgu.float(), wd.float()
+    logits = torch.randn(7, 4)
+
+    def layer(x, logits):
+        w, ids = hk.route(logits, top_k=2, scoring="sigmoid", backend="reference")
+        return hk.moe(x, wgu, wd, w, ids, backend=TVM)
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, logits), layer(x, logits), rtol=0, atol=0)
