@@ -77,9 +77,18 @@ def nvcc_path() -> str | None:
 
 def _cppgen(cc: int):
     """Import cutlass_cppgen and set the module state it would read from a GPU (slow: ~15 s)."""
-    import cutlass_cppgen
-    import cutlass_library.generator  # noqa: F401  (OptionRegistry reads it; not imported by the package)
-    from cutlass_cppgen.library_defaults import OptionRegistry
+    # cutlass_cppgen opens a `compiled_cache.db` in the working directory when first imported:
+    # import it from the build cache so it never litters the user's directory.
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(cache)
+    try:
+        import cutlass_cppgen
+        import cutlass_library.generator  # noqa: F401  (OptionRegistry reads it; not imported by the package)
+        from cutlass_cppgen.library_defaults import OptionRegistry
+    finally:
+        os.chdir(cwd)
 
     if getattr(cutlass_cppgen.this, "_nvcc_version", None) is None:
         cutlass_cppgen.this._nvcc_version = cutlass_cppgen.nvcc_version()
