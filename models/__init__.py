@@ -12,6 +12,7 @@ Example::
 from hysparse_kernels import ir
 
 from .cache import KVCache
+from .config import ModelConfig, get_config
 from .generate import generate, sample
 from .loading import CheckpointError, load_pretrained, save_pretrained
 from .model import HybridLM
@@ -22,10 +23,15 @@ def list_models() -> list[str]:
     return ir.list_graphs()
 
 
+def from_hf_config(config: dict) -> HybridLM:
+    """A randomly initialised model from a ``config.json`` dict."""
+    return HybridLM(ModelConfig.from_hf_config(config).to_graph())
+
+
 def build_model(name: str) -> HybridLM:
     """A randomly initialised model of the zoo graph ``name`` (real sizes need real memory)."""
     return HybridLM(ir.get_graph(name))
 
 
 __all__ = ["HybridLM", "KVCache", "generate", "sample", "save_pretrained", "load_pretrained", "CheckpointError",
-           "list_models", "build_model"]
+           "list_models", "build_model", "ModelConfig", "get_config", "from_hf_config"]

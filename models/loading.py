@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from hysparse_kernels import ir
+from .config import ModelConfig
 from .model import HybridLM
 
 CONFIG = "config.json"
@@ -134,7 +135,7 @@ def save_pretrained(model: HybridLM, directory, *, max_shard_bytes: int | None =
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _atomic_write(directory / INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
         (directory / SINGLE).unlink(missing_ok=True)
-    config = {"model_type": "hysparse", "hysparse_graph": json.loads(ir.to_json(model.graph))}
+    config = ModelConfig.from_graph(model.graph).to_hf_config()
     _atomic_write(directory / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return directory
 
@@ -172,7 +173,8 @@ def load_tensors(path) -> dict[str, Tensor]:
 
 
 def load_pretrained(path, name: str | None = None, *, dtype=None) -> HybridLM:
-    """Build the model (from ``config.json``, or the zoo graph ``name``) and load its weights."""
+    """Build the model (from ``config.json`` in Hugging Face terms, or the zoo flavor ``name``) and
+    load its weights: all of them or none."""
     path = Path(path)
     if name is not None:
         graph = ir.get_graph(name)
@@ -180,10 +182,10 @@ def load_pretrained(path, name: str | None = None, *, dtype=None) -> HybridLM:
         cfg_path = (path if path.is_dir() else path.parent) / CONFIG
         if not cfg_path.exists():
             raise CheckpointError(f"{cfg_path}: missing; pass name= to pick a zoo model")
-        config = json.loads(cfg_path.read_text())
-        if "hysparse_graph" not in config:
-            raise CheckpointError(f"{cfg_path}: expected a 'hysparse_graph' entry (written by save_pretrained)")
-        graph = ir.from_json(json.dumps(config["hysparse_graph"]))
+        try:
+            graph = ModelConfig.from_hf_config(json.loads(cfg_path.read_text())).to_graph()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{cfg_path}: not a usable model config ({type(exc).__name__}: {exc})") from exc
     model = HybridLM(graph)
     state = from_hf_state_dict(load_tensors(path), model)
     model.load_state_dict(state, strict=True)

@@ -88,3 +88,17 @@ def test_missing_shard_and_missing_config(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json: missing; pass name="):
         load_pretrained(tmp_path)
+
+
+def test_config_json_is_hugging_face_style(tmp_path):
+    save_pretrained(build_model("tiny-mimo-v2-flash"), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["hybrid_layer_pattern"] == [0, 1, 1, 1, 1, 0]
+    assert cfg["swa_num_key_value_heads"] == 2 and cfg["add_swa_attention_sink_bias"] is True
+    assert cfg["attention_value_scale"] == 0.707 and cfg["num_nextn_predict_layers"] == 3
+
+
+def test_unusable_config_is_a_clear_error(saved):
+    (saved / "config.json").write_text(json.dumps({"vocab_size": 10}))
+    with pytest.raises(CheckpointError, match="config.json: not a usable model config"):
+        load_pretrained(saved)
