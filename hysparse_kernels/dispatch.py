@@ -68,6 +68,13 @@ def registered_ops() -> dict[str, tuple[str, ...]]:
     return {op: implemented(op) for op in sorted(_IMPLS)}
 
 
+def target(op: str, backend: str) -> str:
+    """Where ``op``'s ``backend`` implementation lives (``"package.module:function"``), unimported."""
+    if backend not in implemented(op):
+        raise KeyError(f"backend: {op} has no {backend!r} implementation; it has {implemented(op)}")
+    return _IMPLS[op][backend]
+
+
 def _check_name(name: str, what: str) -> str:
     if name not in BACKENDS + ("auto",):
         raise ValueError(f"{what}: expected one of {BACKENDS + ('auto',)}, got {name!r}")
