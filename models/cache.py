@@ -17,7 +17,11 @@ from hysparse_kernels.ir import Full, ModelGraph, OracleSparse, SlidingWindow
 
 
 class KVCache:
-    def __init__(self, graph: ModelGraph, batch: int, max_len: int, *, dtype=torch.float32, device="cpu"):
+    def __init__(self, graph: ModelGraph, batch: int, max_len: int, *, dtype=torch.float32, device="cpu", spare: int = 0):
+        """``spare``: extra ring slots so that up to ``spare + 1`` tokens can be appended and
+        rolled back without overwriting keys the window still needs (speculative decoding)."""
+        if spare < 0:
+            raise ValueError(f"spare: expected a non-negative int, got {spare}")
         self.batch, self.max_len = batch, max_len
         self.k: dict[int, Tensor] = {}
         self.v: dict[int, Tensor] = {}
@@ -28,9 +32,9 @@ class KVCache:
             if isinstance(p, Full):
                 cap, window = max_len, None
             elif isinstance(p, SlidingWindow):
-                cap, window = min(p.window, max_len), p.window
+                cap, window = min(p.window + spare, max_len), p.window
             elif isinstance(p, OracleSparse) and p.window is not None:
-                cap, window = min(p.window, max_len), p.window
+                cap, window = min(p.window + spare, max_len), p.window
             else:
                 continue  # sparse branch without SWA: nothing of its own
             i = layer.index
@@ -46,6 +50,18 @@ class KVCache:
 
     def seq_len(self, b: int = 0) -> int:
         return int(next(iter(self.lens.values()))[b])
+
+    def rollback(self, lengths) -> None:
+        """Forget tokens after ``lengths`` (int or ``[B]``): the next append overwrites them.
+
+        Valid for full caches always, and for rings as long as no more than ``spare + 1`` tokens
+        were appended since the kept length (what ``spare`` was sized for).
+        """
+        for lens in self.lens.values():
+            new = torch.as_tensor(lengths, dtype=lens.dtype, device=lens.device).expand_as(lens)
+            if bool((new > lens).any()) or bool((new < 0).any()):
+                raise ValueError(f"lengths: expected values in [0, current length], got {new.tolist()} for {lens.tolist()}")
+            lens.copy_(new)
 
     def append(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Store ``k_new``/``v_new`` ``[B, Hkv, Sq, D]`` after each sequence's tokens; return

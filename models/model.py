@@ -64,12 +64,17 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(graph.vocab, graph.hidden)
         self.layers = nn.ModuleList(DecoderLayer(s, graph.hidden, selects.get(s.index), eps) for s in graph.layers)
         self.norm = RMSNorm(graph.hidden, eps)
+        if graph.mtp is not None:
+            from .mtp import MTPStack
+
+            self.mtp = MTPStack(graph.mtp, graph.hidden, graph.num_layers, eps)
 
     def forward(self, input_ids: Tensor, step: Step) -> Tensor:
+        """Last hidden states ``[B, S, D]`` before the final norm (what the MTP blocks read)."""
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, step)
-        return self.norm(x)
+        return x
 
 
 class HybridLM(nn.Module):
@@ -89,6 +94,7 @@ class HybridLM(nn.Module):
         self.apply(_init)
 
     def hidden_states(self, input_ids: Tensor, cache=None) -> Tensor:
+        """Last hidden states ``[B, S, D]`` before the final norm."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected [B, S], got shape {tuple(input_ids.shape)}")
         B, S = input_ids.shape
@@ -99,8 +105,11 @@ class HybridLM(nn.Module):
             positions = start + torch.arange(S, device=input_ids.device)
         return self.model(input_ids, Step(positions=positions, cache=cache))
 
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(self.model.norm(hidden))
+
     def forward(self, input_ids: Tensor, cache=None) -> Tensor:
-        return self.lm_head(self.hidden_states(input_ids, cache))
+        return self.logits(self.hidden_states(input_ids, cache))
 
 
 def _init(module: nn.Module) -> None:
