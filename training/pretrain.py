@@ -143,7 +143,8 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
         optimizer.step()
         for block in _moe_blocks(model):
             block.update_bias(cfg.bias_update_rate)
-        last = {"step": step, "loss": float(loss), "lm_loss": float(lm), "mtp_loss": [float(x) for x in mtp],
+        last = {"step": step, "loss": float(loss.detach()), "lm_loss": float(lm.detach()),
+                "mtp_loss": [float(x.detach()) for x in mtp],
                 "lr": _lr(cfg, step), "tokens": (step + 1) * cfg.batch * cfg.seq_len}
         with metrics_path.open("a") as f:
             f.write(json.dumps(last) + "\n")

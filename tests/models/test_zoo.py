@@ -8,6 +8,7 @@ import hysparse_kernels as hk
 from hysparse_kernels import ir
 from hysparse_kernels.models import HybridLM, KVCache, build_model, generate
 from hysparse_kernels.models.layers import SparseAttention, Step
+from hysparse_kernels.models.mtp import mtp_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning")
 
@@ -22,9 +23,14 @@ def test_every_tiny_twin_is_listed():
 def test_forward_backward_finite(name):
     model = build_model(name)
     ids = torch.randint(0, model.graph.vocab, (2, 37))
-    logits = model(ids)
+    hidden = model.hidden_states(ids)
+    logits = model.logits(hidden)
     assert logits.shape == (2, 37, model.graph.vocab) and torch.isfinite(logits).all()
-    torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten()).backward()
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+    if model.graph.mtp is not None:  # the MTP blocks learn from their own losses
+        for k, lk in enumerate(mtp_logits(model, hidden, ids), start=1):
+            loss = loss + torch.nn.functional.cross_entropy(lk[:, :-1].flatten(0, 1), ids[:, k + 1:].flatten())
+    loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) > 0 for g in grads) == len(grads), "every parameter should get a gradient"
