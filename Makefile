@@ -35,6 +35,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hysparse info
 	$(PY) examples/demo.py
+	$(VENV)/bin/hysparse ir hysparse-80b-a3b --seq-len 32768
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow" tests

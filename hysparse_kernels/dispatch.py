@@ -12,6 +12,9 @@ Rules
   without it falls back to auto with one warning. If the op has it but it cannot run, error.
 * auto: the first usable backend in ``AUTO_ORDER[device type]`` that the op implements. Passing
   over a backend the op implements but that is not usable here warns once (op, backend, device).
+* dtypes: a backend may declare the dtypes its kernels take (``register(..., dtypes=...)``).
+  Auto passes over it silently for other dtypes (float64 runs on the reference by design); asked
+  for by name, it is an error; forced, it falls back to auto with one warning.
 """
 
 from __future__ import annotations
@@ -45,15 +48,27 @@ class BackendUnavailableError(RuntimeError):
 
 
 _IMPLS: dict[str, dict[str, str]] = {}
+_DTYPES: dict[tuple[str, str], tuple] = {}
 _forced: ContextVar[str | None] = ContextVar("hysparse_backend", default=None)
 _warned: set[tuple] = set()
 
 
-def register(op: str, backend: str, target: str) -> None:
-    """Declare that ``op`` has a ``backend`` implementation at ``"package.module:function"``."""
+def register(op: str, backend: str, target: str, *, dtypes=None) -> None:
+    """Declare that ``op`` has a ``backend`` implementation at ``"package.module:function"``,
+    taking inputs of ``dtypes`` (default: any)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     _IMPLS.setdefault(op, {})[backend] = target
+    if dtypes is not None:
+        _DTYPES[(op, backend)] = tuple(dtypes)
+    else:
+        _DTYPES.pop((op, backend), None)
+
+
+def takes(op: str, backend: str, dtype) -> bool:
+    """Whether ``backend``'s ``op`` takes inputs of ``dtype`` (None: any)."""
+    allowed = _DTYPES.get((op, backend))
+    return dtype is None or allowed is None or dtype in allowed
 
 
 def implemented(op: str) -> tuple[str, ...]:
@@ -66,6 +81,13 @@ def implemented(op: str) -> tuple[str, ...]:
 
 def registered_ops() -> dict[str, tuple[str, ...]]:
     return {op: implemented(op) for op in sorted(_IMPLS)}
+
+
+def target(op: str, backend: str) -> str:
+    """Where ``op``'s ``backend`` implementation lives (``"package.module:function"``), unimported."""
+    if backend not in implemented(op):
+        raise KeyError(f"backend: {op} has no {backend!r} implementation; it has {implemented(op)}")
+    return _IMPLS[op][backend]
 
 
 def _check_name(name: str, what: str) -> str:
@@ -105,13 +127,18 @@ def _warn_once(key: tuple, message: str) -> None:
         warnings.warn(message, BackendFallbackWarning, stacklevel=4)
 
 
-def resolve(op: str, device_type: str, backend: str | None = None) -> str:
-    """The backend that runs ``op`` on ``device_type`` tensors, following the rules above."""
+def resolve(op: str, device_type: str, backend: str | None = None, dtype=None) -> str:
+    """The backend that runs ``op`` on ``device_type`` tensors of ``dtype``, following the rules above."""
     impls = implemented(op)
     if backend is not None and backend != "auto":
         _check_name(backend, "backend")
         if backend not in impls:
             raise BackendUnavailableError(f"backend: {op} has no {backend!r} implementation; it has {impls}")
+        if not takes(op, backend, dtype):
+            raise BackendUnavailableError(
+                f"backend={backend!r} was asked for {op}, but its kernels take {_DTYPES[(op, backend)]}, got {dtype}; "
+                "use backend='reference' (or auto) for this dtype"
+            )
         ok, why = _usable_on(backend, device_type)
         if not ok:
             raise BackendUnavailableError(f"backend={backend!r} was asked for {op}, but {why}")
@@ -119,14 +146,15 @@ def resolve(op: str, device_type: str, backend: str | None = None) -> str:
     forced = _forced.get() or os.environ.get(ENV_VAR) or None
     if forced is not None and forced != "auto":
         _check_name(forced, f"{ENV_VAR} / use_backend")
-        if forced in impls:
+        if forced in impls and takes(op, forced, dtype):
             ok, why = _usable_on(forced, device_type)
             if not ok:
                 raise BackendUnavailableError(f"backend {forced!r} was forced for {op}, but {why}")
             return forced
-        _warn_once((op, forced, "missing"), f"{op} has no {forced!r} backend (it has {impls}); using auto")
+        why = f"has no {forced!r} backend (it has {impls})" if forced not in impls else f"{forced!r} kernels do not take {dtype}"
+        _warn_once((op, forced, "missing", dtype), f"{op} {why}; using auto")
     for candidate in AUTO_ORDER.get(device_type, ("reference",)):
-        if candidate not in impls:
+        if candidate not in impls or not takes(op, candidate, dtype):
             continue
         ok, why = _usable_on(candidate, device_type)
         if ok:
@@ -145,6 +173,11 @@ def get_impl(op: str, backend: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
-def call(op: str, backend: str | None, device_type: str, *args, **kwargs):
-    """Resolve the backend and run ``op`` on it."""
-    return get_impl(op, resolve(op, device_type, backend))(*args, **kwargs)
+def call(op: str, backend: str | None, like, *args, **kwargs):
+    """Resolve the backend for tensors like ``like`` (a tensor, or a device type string) and run
+    ``op`` on it."""
+    if isinstance(like, str):
+        device_type, dtype = like, None
+    else:
+        device_type, dtype = like.device.type, like.dtype
+    return get_impl(op, resolve(op, device_type, backend, dtype))(*args, **kwargs)

@@ -106,3 +106,23 @@ def test_import_loads_no_optional_backend():
     code = "import sys, hysparse_kernels; print(sorted(m for m in ('triton', 'tvm', 'cutlass_cppgen') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_dtype_limits(fake_op, monkeypatch):
+    monkeypatch.setitem(dispatch._DTYPES, ("demo_op", "tvm"), (torch.float32,))
+    assert dispatch.resolve("demo_op", "cpu", dtype=torch.float32) == "tvm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto passes over it silently for float64
+        assert dispatch.resolve("demo_op", "cpu", dtype=torch.float64) == "reference"
+    with pytest.raises(dispatch.BackendUnavailableError, match=r"kernels take \(torch.float32,\), got torch.float64"):
+        dispatch.resolve("demo_op", "cpu", "tvm", dtype=torch.float64)
+    with hk.use_backend("tvm"), pytest.warns(dispatch.BackendFallbackWarning, match="'tvm' kernels do not take torch.float64"):
+        assert dispatch.resolve("demo_op", "cpu", dtype=torch.float64) == "reference"
+
+
+def test_float64_under_forced_triton_runs_the_reference(monkeypatch):
+    monkeypatch.setattr(dispatch, "_warned", set())
+    q = torch.randn(1, 2, 5, 16, dtype=torch.float64)
+    with hk.use_backend("triton"), pytest.warns(dispatch.BackendFallbackWarning):
+        out = hk.attention(q, q, q)
+    torch.testing.assert_close(out, hk.attention(q, q, q, backend="reference"))

@@ -53,6 +53,21 @@ for _op, _fn in {
 }.items():
     dispatch.register(_op, "tvm", f"{_TVM}:{_fn}")
 
+_TRITON = "hysparse_kernels.ops.attention.triton"
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+for _op, _target in {
+    "attention_fwd": "fwd:attention_fwd",
+    "attention_bwd": "bwd:attention_bwd",
+    "attention_block_scores": "fwd:attention_with_block_scores",
+    "topk_blocks": "topk:topk_blocks",
+    "sparse_attention_fwd": "sparse:sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_bwd:sparse_attention_bwd",
+    "attention_decode": "decode:attention_decode",
+    "sparse_attention_decode": "sparse:sparse_attention_decode",
+}.items():
+    # Triton's dots take half and single precision; float64 stays on the reference under auto.
+    dispatch.register(_op, "triton", f"{_TRITON}.{_target}", dtypes=_TRITON_DTYPES)
+
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -80,7 +95,7 @@ def _fake_dsink(sink: Tensor | None, q: Tensor) -> Tensor:
 def attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, sink: Optional[Tensor], causal: bool, window: Optional[int], scale: float, backend: str
 ) -> tuple[Tensor, Tensor]:
-    out, lse = dispatch.call("attention_fwd", _backend(backend), q.device.type, q, k, v, sink, causal, window, scale)
+    out, lse = dispatch.call("attention_fwd", _backend(backend), q, q, k, v, sink, causal, window, scale)
     return out.contiguous(), lse.contiguous()
 
 
@@ -96,7 +111,7 @@ def attention_bwd(
     causal: bool, window: Optional[int], scale: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv, dsink = dispatch.call(
-        "attention_bwd", _backend(backend), q.device.type, dout, dlse, q, k, v, sink, out, lse, causal, window, scale
+        "attention_bwd", _backend(backend), q, dout, dlse, q, k, v, sink, out, lse, causal, window, scale
     )
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), _dsink_or_zeros(dsink, sink, q)
 
@@ -137,7 +152,7 @@ def attention_block_scores(
     q: Tensor, k: Tensor, v: Tensor, block_size: int, causal: bool, scale: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     out, lse, scores = dispatch.call(
-        "attention_block_scores", _backend(backend), q.device.type, q, k, v, block_size, causal, scale
+        "attention_block_scores", _backend(backend), q, q, k, v, block_size, causal, scale
     )
     return out.contiguous(), lse.contiguous(), scores.contiguous()
 
@@ -176,7 +191,7 @@ attention_block_scores.register_autograd(_block_scores_backward, setup_context=_
 
 @torch.library.custom_op("hysparse::topk_blocks", mutates_args=())
 def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int, backend: str) -> Tensor:
-    idx = dispatch.call("topk_blocks", _backend(backend), block_scores.device.type, block_scores, k, block_size, seqlen_k)
+    idx = dispatch.call("topk_blocks", _backend(backend), block_scores, block_scores, k, block_size, seqlen_k)
     return idx.contiguous()
 
 
@@ -202,7 +217,7 @@ def sparse_attention_fwd(
 ) -> tuple[Tensor, Tensor]:
     check_indices(indices, -(-k.shape[2] // block_size))
     out, lse = dispatch.call(
-        "sparse_attention_fwd", _backend(backend), q.device.type, q, k, v, indices, block_size, sink, scale
+        "sparse_attention_fwd", _backend(backend), q, q, k, v, indices, block_size, sink, scale
     )
     return out.contiguous(), lse.contiguous()
 
@@ -219,7 +234,7 @@ def sparse_attention_bwd(
     lse: Tensor, block_size: int, scale: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv, dsink = dispatch.call(
-        "sparse_attention_bwd", _backend(backend), q.device.type,
+        "sparse_attention_bwd", _backend(backend), q,
         dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale,
     )
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), _dsink_or_zeros(dsink, sink, q)
@@ -274,7 +289,7 @@ def attention_decode(
 ) -> tuple[Tensor, Tensor]:
     check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
     out, lse = dispatch.call(
-        "attention_decode", _backend(backend), q.device.type, q, k_cache, v_cache, cache_seqlens, sink, window, scale
+        "attention_decode", _backend(backend), q, q, k_cache, v_cache, cache_seqlens, sink, window, scale
     )
     return out.contiguous(), lse.contiguous()
 
@@ -292,7 +307,7 @@ def sparse_attention_decode(
     check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
     check_indices(indices, -(-k_cache.shape[2] // block_size))
     out, lse = dispatch.call(
-        "sparse_attention_decode", _backend(backend), q.device.type,
+        "sparse_attention_decode", _backend(backend), q,
         q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale,
     )
     return out.contiguous(), lse.contiguous()

@@ -1,0 +1,201 @@
+"""Model configs in Hugging Face terms, and the registry of named flavors.
+
+``ModelConfig`` holds a model's ``config.json`` values (MiMo-V2-Flash's key names where they
+exist: ``hybrid_layer_pattern``, ``swa_num_attention_heads``, ``add_swa_attention_sink_bias``,
+``attention_value_scale``, ``n_routed_experts``, ...; HySparse's sparse layers add
+``layer_types`` entries ``"sparse_attention"`` and the ``sparse_*`` keys). It converts both ways:
+``from_hf_config(dict)`` / ``to_hf_config()``, and ``to_graph()`` / ``from_graph(graph)`` with the
+IR, which is what models are built from. The named flavors are the IR's presets.
+
+Example::
+
+    cfg = get_config("mimo-v2-flash")
+    cfg.to_hf_config()["swa_num_key_value_heads"]     # 8
+    graph = ModelConfig.from_hf_config(hf_dict).to_graph()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from hysparse_kernels import ir
+
+KINDS = {"full_attention": "F", "sliding_attention": "W", "sparse_attention": "S"}
+LETTER_TO_KIND = {v: k for k, v in KINDS.items()}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    layer_types: tuple[str, ...]
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    v_head_dim: int
+    partial_rotary_factor: float = 1.0
+    rope_theta: float = 10000.0
+    attention_bias: bool = False
+    attention_value_scale: float = 1.0
+    swa_num_attention_heads: int | None = None
+    swa_num_key_value_heads: int | None = None
+    swa_head_dim: int | None = None
+    swa_v_head_dim: int | None = None
+    swa_rope_theta: float | None = None
+    sliding_window: int | None = None
+    add_swa_attention_sink_bias: bool = False
+    sparse_topk: int | None = None
+    sparse_block_size: int | None = None
+    sparse_window: int | None = None
+    sparse_attention_sink_bias: bool = False
+    intermediate_size: int = 0
+    moe_layer_freq: tuple[int, ...] = ()
+    n_routed_experts: int | None = None
+    num_experts_per_tok: int | None = None
+    moe_intermediate_size: int | None = None
+    scoring_func: str = "softmax"
+    topk_method: str = "greedy"
+    n_group: int = 1
+    topk_group: int = 1
+    n_shared_experts: int = 0
+    routed_scaling_factor: float = 1.0
+    num_nextn_predict_layers: int = 0
+    mtp_layer_type: str = "sliding_attention"
+    tie_word_embeddings: bool = False
+    name: str = field(default="", compare=False)
+
+    # ------------------------------------------------------------------ Hugging Face config.json
+
+    def to_hf_config(self) -> dict:
+        """``config.json`` values (MiMo's ``hybrid_layer_pattern`` too when there is no sparse layer)."""
+        out = {"model_type": "hysparse", "num_hidden_layers": len(self.layer_types)}
+        for f in dataclasses.fields(self):
+            if f.name == "name":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        if "sparse_attention" not in self.layer_types:
+            out["hybrid_layer_pattern"] = [0 if t == "full_attention" else 1 for t in self.layer_types]
+        return out
+
+    @classmethod
+    def from_hf_config(cls, config: dict, name: str = "") -> "ModelConfig":
+        """Read a ``config.json`` dict: ``layer_types`` or MiMo's ``hybrid_layer_pattern``; unknown keys are ignored."""
+        if not isinstance(config, dict):
+            raise TypeError(f"config: expected a dict of config.json values, got {type(config).__name__}")
+        values = dict(config)
+        if "layer_types" not in values:
+            if "hybrid_layer_pattern" in values:
+                values["layer_types"] = ["full_attention" if p == 0 else "sliding_attention" for p in values["hybrid_layer_pattern"]]
+            elif "num_hidden_layers" in values:
+                values["layer_types"] = ["full_attention"] * values["num_hidden_layers"]
+            else:
+                raise ValueError("config: expected layer_types, hybrid_layer_pattern or num_hidden_layers")
+        bad = sorted(set(values["layer_types"]) - set(KINDS))
+        if bad:
+            raise ValueError(f"config.layer_types: expected entries of {sorted(KINDS)}, got {bad}")
+        if "num_hidden_layers" in values and values["num_hidden_layers"] != len(values["layer_types"]):
+            raise ValueError(f"config.num_hidden_layers: expected {len(values['layer_types'])} (the layer pattern's length), "
+                             f"got {values['num_hidden_layers']}")
+        values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+        values.setdefault("v_head_dim", values["head_dim"])
+        if isinstance(values.get("moe_layer_freq"), int):  # DeepSeek style: every n-th layer is MoE
+            n = values["moe_layer_freq"]
+            first = values.get("first_k_dense_replace", 0)
+            values["moe_layer_freq"] = [int(i >= first and (i - first) % n == 0) for i in range(len(values["layer_types"]))]
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+        kwargs["name"] = name or values.get("name", "")
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ IR
+
+    def _dims(self, prefix: str) -> ir.AttentionDims:
+        get = lambda key, default: getattr(self, f"{prefix}{key}") if getattr(self, f"{prefix}{key}", None) is not None else default  # noqa: E731
+        qk = get("head_dim", self.head_dim)
+        return ir.AttentionDims(
+            q_heads=get("num_attention_heads", self.num_attention_heads),
+            kv_heads=get("num_key_value_heads", self.num_key_value_heads),
+            qk_dim=qk, v_dim=get("v_head_dim", self.v_head_dim), rope_dim=int(round(qk * self.partial_rotary_factor)),
+            value_scale=self.attention_value_scale, rope_theta=get("rope_theta", self.rope_theta),
+            qkv_bias=self.attention_bias,
+        )
+
+    def to_graph(self) -> ir.ModelGraph:
+        kinds = [KINDS[t] for t in self.layer_types]
+        dense = ir.Dense(self.intermediate_size) if self.intermediate_size else None
+        moe = None
+        if self.n_routed_experts:
+            moe = ir.MoE(self.n_routed_experts, self.num_experts_per_tok, self.moe_intermediate_size,
+                         scoring=self.scoring_func, n_group=self.n_group, topk_group=self.topk_group,
+                         shared_experts=self.n_shared_experts, correction_bias=self.topk_method == "noaux_tc",
+                         routed_scaling=self.routed_scaling_factor)
+        freq = self.moe_layer_freq or tuple(int(moe is not None) for _ in kinds)
+        ffn = [moe if f else dense for f in freq]
+        if any(f is None for f in ffn):
+            raise ValueError("config: a layer has neither a dense FFN (intermediate_size) nor MoE (n_routed_experts)")
+        patterns = {"F": ir.Full()}
+        if self.sliding_window:
+            patterns["W"] = ir.SlidingWindow(window=self.sliding_window, sink=self.add_swa_attention_sink_bias)
+        if "S" in kinds:
+            patterns["S"] = ir.OracleSparse(topk=self.sparse_topk, block_size=self.sparse_block_size,
+                                            window=self.sparse_window, sink=self.sparse_attention_sink_bias)
+        attention = {"F": self._dims(""), "W": self._dims("swa_"), "S": self._dims("")}
+        mtp = None
+        if self.num_nextn_predict_layers:
+            letter = KINDS[self.mtp_layer_type]
+            mtp = ir.MTPSpec(self.num_nextn_predict_layers, patterns[letter], dense or moe, attention[letter])
+        return ir.build_graph(kinds, hidden=self.hidden_size, vocab=self.vocab_size, attention=attention, ffn=ffn,
+                              patterns=patterns, mtp=mtp, tie_embeddings=self.tie_word_embeddings, name=self.name)
+
+    @classmethod
+    def from_graph(cls, graph: ir.ModelGraph) -> "ModelConfig":
+        """The config of a graph whose layers of one kind share their geometry (every zoo graph)."""
+        first = {}
+        for layer in graph.layers:
+            first.setdefault(layer.pattern.letter, layer)
+        full = first.get("F") or first.get("S") or next(iter(first.values()))
+        swa, sparse = first.get("W"), first.get("S")
+        moe = next((layer.ffn for layer in graph.layers if isinstance(layer.ffn, ir.MoE)), None)
+        dense = next((layer.ffn for layer in graph.layers if isinstance(layer.ffn, ir.Dense)), None)
+        if dense is None and graph.mtp is not None and isinstance(graph.mtp.ffn, ir.Dense):
+            dense = graph.mtp.ffn
+        kw = dict(
+            vocab_size=graph.vocab, hidden_size=graph.hidden,
+            layer_types=tuple(LETTER_TO_KIND[layer.pattern.letter] for layer in graph.layers),
+            num_attention_heads=full.q_heads, num_key_value_heads=full.kv_heads, head_dim=full.qk_dim,
+            v_head_dim=full.v_dim, partial_rotary_factor=full.rope_dim / full.qk_dim, rope_theta=full.rope_theta,
+            attention_bias=full.qkv_bias, attention_value_scale=full.value_scale,
+            intermediate_size=dense.intermediate if dense else 0,
+            moe_layer_freq=tuple(int(isinstance(layer.ffn, ir.MoE)) for layer in graph.layers) if moe else (),
+            tie_word_embeddings=graph.tie_embeddings, name=graph.name,
+        )
+        if swa is not None:
+            kw.update(swa_num_attention_heads=swa.q_heads, swa_num_key_value_heads=swa.kv_heads, swa_head_dim=swa.qk_dim,
+                      swa_v_head_dim=swa.v_dim, swa_rope_theta=swa.rope_theta, sliding_window=swa.pattern.window,
+                      add_swa_attention_sink_bias=swa.pattern.sink)
+        if sparse is not None:
+            p = sparse.pattern
+            kw.update(sparse_topk=p.topk, sparse_block_size=p.block_size, sparse_window=p.window,
+                      sparse_attention_sink_bias=p.sink)
+        if moe is not None:
+            kw.update(n_routed_experts=moe.num_experts, num_experts_per_tok=moe.top_k, moe_intermediate_size=moe.intermediate,
+                      scoring_func=moe.scoring, topk_method="noaux_tc" if moe.correction_bias else "greedy",
+                      n_group=moe.n_group, topk_group=moe.topk_group, n_shared_experts=moe.shared_experts,
+                      routed_scaling_factor=moe.routed_scaling)
+        if graph.mtp is not None:
+            kw.update(num_nextn_predict_layers=graph.mtp.num_layers, mtp_layer_type=LETTER_TO_KIND[graph.mtp.pattern.letter])
+            if swa is None and graph.mtp.pattern.letter == "W":
+                kw.update(sliding_window=graph.mtp.pattern.window, add_swa_attention_sink_bias=graph.mtp.pattern.sink)
+        return cls(**kw)
+
+
+def list_models() -> list[str]:
+    """Names of the zoo's flavors (full-size and their ``tiny-*`` twins)."""
+    return ir.list_graphs()
+
+
+def get_config(name: str) -> ModelConfig:
+    """The config of a named flavor."""
+    return ModelConfig.from_graph(ir.get_graph(name))

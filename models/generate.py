@@ -1,0 +1,60 @@
+"""Generation: prefill each prompt into a KV cache, then decode all sequences together.
+
+Prompts may have different lengths: each is prefilled on its own view of the batch cache, and
+the decode steps run on the whole batch with per-sequence lengths (``cache_seqlens``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cache import KVCache
+
+
+def sample(logits: Tensor, temperature: float, top_p: float, generator=None) -> Tensor:
+    """``[B, vocab]`` logits -> ``[B]`` tokens; temperature 0 is greedy (ties to the lower id)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the first
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0, eos: int | None = None,
+             generator=None, cache_dtype=None) -> list[list[int]]:
+    """Continue each prompt (a list of token-id lists) by up to ``max_new_tokens`` tokens.
+
+    Returns the new tokens of each prompt (stopping after ``eos`` when given).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts: expected a non-empty list of non-empty token lists")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature/top_p: expected temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    device = next(model.parameters()).device
+    dtype = cache_dtype or next(model.parameters()).dtype
+    B = len(prompts)
+    cache = KVCache(model.graph, B, max(len(p) for p in prompts) + max_new_tokens, dtype=dtype, device=device)
+    last = []
+    for b, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt], device=device)
+        last.append(model(ids, cache=cache.select(b))[:, -1])
+    logits = torch.cat(last)
+    out = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        tok = sample(logits, temperature, top_p, generator)
+        for b in range(B):
+            if not done[b]:
+                out[b].append(int(tok[b]))
+        if eos is not None:
+            done |= tok == eos
+            if bool(done.all()):
+                break
+        logits = model(tok[:, None], cache=cache)[:, -1]
+    return out

@@ -1,0 +1,117 @@
+"""A decoder-only hybrid model built from an ``ir.ModelGraph``.
+
+Layer ``i`` gets the attention module its pattern names (full, sliding window, HySparse sparse),
+and its FFN (dense SwiGLU or MoE). Module names follow Hugging Face checkpoints:
+``model.embed_tokens``, ``model.layers.{i}.{input_layernorm,self_attn,post_attention_layernorm,mlp}``,
+``model.norm``, ``lm_head``.
+
+Example::
+
+    from hysparse_kernels.ir import presets
+    model = HybridLM(presets.get_graph("tiny-hysparse-7b"))
+    logits = model(torch.randint(0, 512, (2, 100)))      # [2, 100, vocab]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from hysparse_kernels.ir import Dense, Full, ModelGraph, OracleSparse
+from .layers import RMSNorm, Step, SwiGLU, attention_for
+
+
+def selector_of(graph: ModelGraph) -> dict[int, OracleSparse]:
+    """For each full layer followed by sparse layers: the sparse pattern it selects blocks for."""
+    out, last_full = {}, None
+    for layer in graph.layers:
+        if isinstance(layer.pattern, Full):
+            last_full = layer.index
+        elif isinstance(layer.pattern, OracleSparse):
+            if last_full is None:
+                raise ValueError(f"layer {layer.index}: a sparse layer needs a full layer before it")
+            prev = out.setdefault(last_full, layer.pattern)
+            if (prev.topk, prev.block_size) != (layer.pattern.topk, layer.pattern.block_size):
+                raise ValueError(f"layer {layer.index}: sparse layers after full layer {last_full} disagree on top-k/block size")
+    return out
+
+
+def ffn_for(spec, hidden: int) -> nn.Module:
+    if isinstance(spec.ffn, Dense):
+        return SwiGLU(hidden, spec.ffn.intermediate)
+    from .moe import MoEBlock
+
+    return MoEBlock(spec.ffn, hidden)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec, hidden: int, selects: OracleSparse | None, eps: float):
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.self_attn = attention_for(spec, hidden, selects)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+        self.mlp = ffn_for(spec, hidden)
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), step)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, graph: ModelGraph, eps: float):
+        super().__init__()
+        selects = selector_of(graph)
+        self.embed_tokens = nn.Embedding(graph.vocab, graph.hidden)
+        self.layers = nn.ModuleList(DecoderLayer(s, graph.hidden, selects.get(s.index), eps) for s in graph.layers)
+        self.norm = RMSNorm(graph.hidden, eps)
+        if graph.mtp is not None:
+            from .mtp import MTPStack
+
+            self.mtp = MTPStack(graph.mtp, graph.hidden, graph.num_layers, eps)
+
+    def forward(self, input_ids: Tensor, step: Step) -> Tensor:
+        """Last hidden states ``[B, S, D]`` before the final norm (what the MTP blocks read)."""
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, step)
+        return x
+
+
+class HybridLM(nn.Module):
+    """Causal LM over ``graph``: ``forward(input_ids [B, S], cache=None) -> logits [B, S, vocab]``.
+
+    Without a cache the whole sequence is attended (training, scoring). With a ``KVCache`` the
+    new tokens are appended after each sequence's cached ones and attended through the decode ops.
+    """
+
+    def __init__(self, graph: ModelGraph, *, eps: float = 1e-6):
+        super().__init__()
+        self.graph = graph
+        self.model = Decoder(graph, eps)
+        self.lm_head = nn.Linear(graph.hidden, graph.vocab, bias=False)
+        if graph.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(_init)
+
+    def hidden_states(self, input_ids: Tensor, cache=None) -> Tensor:
+        """Last hidden states ``[B, S, D]`` before the final norm."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected [B, S], got shape {tuple(input_ids.shape)}")
+        B, S = input_ids.shape
+        if cache is None:
+            positions = torch.arange(S, device=input_ids.device).expand(B, S)
+        else:
+            start = next(iter(cache.lens.values())).long()[:, None]
+            positions = start + torch.arange(S, device=input_ids.device)
+        return self.model(input_ids, Step(positions=positions, cache=cache))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(self.model.norm(hidden))
+
+    def forward(self, input_ids: Tensor, cache=None) -> Tensor:
+        return self.logits(self.hidden_states(input_ids, cache))
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)

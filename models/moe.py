@@ -1,0 +1,70 @@
+"""MoE FFN of the zoo: router (with the selection-only correction bias), stacked experts run by
+``hysparse_kernels.moe``, optional shared experts, and the load statistics for balancing.
+
+Experts are stored stacked (``experts.gate_up_proj [E, 2I, D]``, split layout: gate rows first;
+``experts.down_proj [E, D, I]``); ``models.loading`` maps them to and from the per-expert
+Hugging Face names (``mlp.experts.{e}.gate_proj.weight``, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import hysparse_kernels as hk
+from hysparse_kernels.ir import MoE
+from .layers import SwiGLU
+
+
+class Router(nn.Module):
+    """``weight [E, D]``; ``e_score_correction_bias [E]`` (a buffer: updated by the sign rule, not by gradients)."""
+
+    def __init__(self, spec: MoE, hidden: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(spec.num_experts, hidden))
+        nn.init.normal_(self.weight, std=0.02)
+        if spec.correction_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(spec.num_experts))
+        else:
+            self.e_score_correction_bias = None
+
+
+class StackedExperts(nn.Module):
+    def __init__(self, spec: MoE, hidden: int):
+        super().__init__()
+        E, inter = spec.num_experts, spec.intermediate
+        self.gate_up_proj = nn.Parameter(torch.randn(E, 2 * inter, hidden) * 0.02)
+        self.down_proj = nn.Parameter(torch.randn(E, hidden, inter) * 0.02)
+
+
+class MoEBlock(nn.Module):
+    """``forward(x [B, S, D]) -> [B, S, D]``; ``last_load`` holds the tokens per expert of the last call."""
+
+    def __init__(self, spec: MoE, hidden: int):
+        super().__init__()
+        self.spec = spec
+        self.gate = Router(spec, hidden)
+        self.experts = StackedExperts(spec, hidden)
+        self.shared_experts = SwiGLU(hidden, spec.intermediate * spec.shared_experts) if spec.shared_experts else None
+        self.last_load: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.spec
+        B, S, D = x.shape
+        flat = x.reshape(B * S, D)
+        logits = flat.float() @ self.gate.weight.float().T  # router math in float32
+        weights, ids = hk.route(logits, top_k=s.top_k, scoring=s.scoring, bias=self.gate.e_score_correction_bias,
+                                n_group=s.n_group, topk_group=s.topk_group, scaling=s.routed_scaling)
+        self.last_load = hk.expert_load(ids, s.num_experts).detach()
+        out = hk.moe(flat, self.experts.gate_up_proj, self.experts.down_proj, weights.to(x.dtype), ids)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.view(B, S, D)
+
+    @torch.no_grad()
+    def update_bias(self, rate: float) -> None:
+        """Aux-loss-free balancing: move the correction bias by the sign rule from ``last_load``."""
+        bias = self.gate.e_score_correction_bias
+        if bias is None or self.last_load is None:
+            return
+        bias.copy_(hk.update_routing_bias(bias, self.last_load, rate))

@@ -1,0 +1,187 @@
+"""Pretraining of the zoo's tiny models on the CPU: next-token loss plus the MTP loss.
+
+``loss = CE(main) + mtp_weight * mean_k CE(MTP block k)`` (``mtp_weight`` 0.3, as the MiMo reports
+use). With ``mtp_only`` the main model is frozen and only the MTP blocks learn (MiMo-7B's recipe
+for adding draft heads to a trained model). MoE routers' selection biases follow the
+aux-loss-free sign rule after every step.
+
+Outputs in ``out``: ``metrics.jsonl`` (one line per step), ``loss.png`` (the curves against the
+corpus' unigram baseline), ``checkpoints/`` (atomic; ``resume=True`` continues from the newest and
+reproduces the uninterrupted run's losses), and ``final/`` (the model, ``load_pretrained``-able).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hysparse_kernels import ir
+from hysparse_kernels.models import HybridLM, ModelConfig, get_config, save_pretrained
+from hysparse_kernels.models.mtp import mtp_logits
+from . import checkpoint
+from .data import ByteTokenizer, TokenStream, make_corpus, unigram_entropy
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "tiny-hysparse-80b-a3b"
+    mtp_layers: int | None = 3  # None: as the flavor has; else replace its MTP blocks by this many
+    steps: int = 300
+    batch: int = 16
+    seq_len: int = 96
+    lr: float = 3e-3
+    warmup: int = 20
+    mtp_weight: float = 0.3
+    mtp_only: bool = False
+    bias_update_rate: float = 1e-3
+    corpus_lines: int = 20000
+    seed: int = 0
+    checkpoint_every: int = 100
+    out: str = "runs/pretrain"
+    init_from: str | None = None  # a checkpoint directory to start from (e.g. for mtp_only)
+
+
+def model_config(name: str, mtp_layers: int | None) -> ModelConfig:
+    """The flavor's config, with ``mtp_layers`` sliding-window MTP blocks (dense FFN) when asked."""
+    cfg = get_config(name)
+    if mtp_layers is None or mtp_layers == cfg.num_nextn_predict_layers:
+        return cfg
+    window = cfg.sliding_window or cfg.sparse_window or 128
+    return dataclasses.replace(
+        cfg, num_nextn_predict_layers=mtp_layers, mtp_layer_type="sliding_attention", sliding_window=window,
+        add_swa_attention_sink_bias=True, intermediate_size=cfg.intermediate_size or 2 * (cfg.moe_intermediate_size or 64),
+        name=f"{name}-mtp{mtp_layers}",
+    )
+
+
+def losses(model: HybridLM, ids: torch.Tensor, *, with_mtp: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Next-token CE of the main model and of each MTP block over a batch ``[B, S]``."""
+    hidden = model.hidden_states(ids)
+    logits = model.logits(hidden)
+    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    mtp = []
+    if with_mtp and getattr(model.model, "mtp", None) is not None:
+        for k, lk in enumerate(mtp_logits(model, hidden, ids), start=1):
+            if lk.shape[1] < 2:
+                break
+            mtp.append(F.cross_entropy(lk[:, :-1].flatten(0, 1), ids[:, k + 1:].flatten()))
+    return lm, mtp
+
+
+def _lr(cfg: PretrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _moe_blocks(model):
+    return [m for m in model.modules() if hasattr(m, "update_bias")]
+
+
+def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tok = ByteTokenizer()
+    ids = tok.encode(make_corpus(cfg.corpus_lines, cfg.seed))
+    baseline = unigram_entropy(ids)
+    graph = model_config(cfg.model, cfg.mtp_layers).to_graph()
+    if graph.vocab < tok.vocab_size:
+        raise ValueError(f"model: vocabulary {graph.vocab} is smaller than the tokenizer's {tok.vocab_size}")
+    model = HybridLM(graph)
+    if cfg.init_from:
+        from hysparse_kernels.models import load_pretrained
+
+        init = load_pretrained(cfg.init_from)
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("model.mtp.") for k in missing):
+            raise ValueError(f"init_from: does not fit {graph.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if cfg.mtp_only:
+        if getattr(model.model, "mtp", None) is None:
+            raise ValueError("mtp_only: the model has no MTP blocks (set mtp_layers)")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("model.mtp."))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    stream = TokenStream(ids, cfg.seq_len, cfg.batch, seed=cfg.seed)
+    start = 0
+    metrics_path = out / "metrics.jsonl"
+    if resume and (ckpt := checkpoint.latest(out)) is not None:
+        start = checkpoint.load(ckpt, model, optimizer, stream.generator)["step"]
+        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] < start] if metrics_path.exists() else []
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {graph.name}", unit="step")
+    model.train()
+    t0 = time.perf_counter()
+    last = {}
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(cfg, step)
+        batch = stream.next_batch()
+        lm, mtp = losses(model, batch, with_mtp=True)
+        mtp_mean = torch.stack(mtp).mean() if mtp else torch.zeros(())
+        loss = mtp_mean if cfg.mtp_only else lm + cfg.mtp_weight * mtp_mean
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        for block in _moe_blocks(model):
+            block.update_bias(cfg.bias_update_rate)
+        last = {"step": step, "loss": float(loss.detach()), "lm_loss": float(lm.detach()),
+                "mtp_loss": [float(x.detach()) for x in mtp],
+                "lr": _lr(cfg, step), "tokens": (step + 1) * cfg.batch * cfg.seq_len}
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(last) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(lm=f"{float(lm):.3f}", mtp=f"{float(mtp_mean):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            checkpoint.save(out, step + 1, model, optimizer, stream.generator, {"model": graph.name})
+    if bar is not None:
+        bar.close()
+    save_pretrained(model, out / "final")
+    plot(metrics_path, out / "loss.png", baseline)
+    return {"model": graph.name, "steps": cfg.steps, "final": last, "unigram_baseline": baseline,
+            "seconds": time.perf_counter() - t0, "out": str(out)}
+
+
+def plot(metrics_path: Path, png: Path, baseline: float) -> None:
+    """Loss curves (main and each MTP block) against the unigram baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["lm_loss"] for r in rows], label="main (next token)")
+    for k in range(max((len(r["mtp_loss"]) for r in rows), default=0)):
+        ax.plot(steps, [r["mtp_loss"][k] if len(r["mtp_loss"]) > k else float("nan") for r in rows],
+                label=f"MTP block {k + 1} (token +{k + 2})", alpha=0.8)
+    ax.axhline(baseline, color="gray", linestyle="--", label=f"unigram baseline {baseline:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
