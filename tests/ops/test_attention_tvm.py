@@ -339,3 +339,29 @@ def test_emitted_cuda_compiles_every_variant(kernel, arch):
         src = emit_cuda("dense", arch=arch, dqk=128, dv=128, group=1, bm=64, bn=64, dtype="float32", causal=True,
                         has_window=False, has_sink=False, block_scores=True)
     assert compile_cuda(src, arch=arch)[:4] == b"\x7fELF"
+
+
+# ---------------------------------------------------------------- torch.library integration
+
+
+def test_opcheck_with_tvm_backend():
+    q, k, v = _qkv(1, 4, 2, 20, 20, 32, 16, torch.float32)
+    sink = torch.randn(4)
+    idx = _indices(1, 2, 20, 20, 8, 2)
+    lens = torch.tensor([20], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.hysparse.attention_fwd, (q, k, v, sink, True, 8, 0.2, "tvm"))
+    torch.library.opcheck(torch.ops.hysparse.sparse_attention_fwd, (q, k, v, idx, 8, None, 0.2, "tvm"))
+    torch.library.opcheck(torch.ops.hysparse.attention_decode, (q[:, :, -1:], k, v, lens, sink, None, 0.2, "tvm"),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compile_fullgraph_matches_eager():
+    q, k, v = _qkv(1, 4, 2, 33, 33, 32, 32, torch.float32)
+    sink = torch.randn(4)
+
+    def fn(q, k, v, s):
+        return hk.attention(q, k, v, window=8, sink=s, backend="tvm") * 2
+
+    eager = fn(q, k, v, sink)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v, sink)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
