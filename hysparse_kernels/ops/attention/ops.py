@@ -40,6 +40,19 @@ for _op, _fn in {
 }.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
 
+# TVM kernels for the CPU (topk_blocks stays on the reference: a sort, no kernel to win).
+_TVM = "hysparse_kernels.ops.attention.tvm"
+for _op, _fn in {
+    "attention_fwd": "attention_fwd",
+    "attention_bwd": "attention_bwd",
+    "attention_block_scores": "attention_with_block_scores",
+    "sparse_attention_fwd": "sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_attention_bwd",
+    "attention_decode": "attention_decode",
+    "sparse_attention_decode": "sparse_attention_decode",
+}.items():
+    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}")
+
 _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 for _op, _target in {
