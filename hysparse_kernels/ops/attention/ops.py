@@ -40,6 +40,19 @@ for _op, _fn in {
 }.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
 
+_TRITON = "hysparse_kernels.ops.attention.triton"
+for _op, _target in {
+    "attention_fwd": "fwd:attention_fwd",
+    "attention_bwd": "bwd:attention_bwd",
+    "attention_block_scores": "fwd:attention_with_block_scores",
+    "topk_blocks": "topk:topk_blocks",
+    "sparse_attention_fwd": "sparse:sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_bwd:sparse_attention_bwd",
+    "attention_decode": "decode:attention_decode",
+    "sparse_attention_decode": "sparse:sparse_attention_decode",
+}.items():
+    dispatch.register(_op, "triton", f"{_TRITON}.{_target}")
+
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
