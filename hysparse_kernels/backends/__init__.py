@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -42,6 +43,7 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@lru_cache(maxsize=None)  # importlib.metadata reads the disk: about 1 ms per op call otherwise
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

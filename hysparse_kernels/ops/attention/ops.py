@@ -53,6 +53,19 @@ for _op, _target in {
 }.items():
     dispatch.register(_op, "triton", f"{_TRITON}.{_target}")
 
+# TVM kernels for the CPU (topk_blocks stays on the reference: a sort, no kernel to win).
+_TVM = "hysparse_kernels.ops.attention.tvm"
+for _op, _fn in {
+    "attention_fwd": "attention_fwd",
+    "attention_bwd": "attention_bwd",
+    "attention_block_scores": "attention_with_block_scores",
+    "sparse_attention_fwd": "sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_attention_bwd",
+    "attention_decode": "attention_decode",
+    "sparse_attention_decode": "sparse_attention_decode",
+}.items():
+    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}")
+
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32

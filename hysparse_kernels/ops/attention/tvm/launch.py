@@ -1,0 +1,213 @@
+"""Launchers: pick the specialisation, fetch the compiled module from the build cache, allocate
+outputs with torch and run the kernels on the tensors through DLPack (zero copy)."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from functools import lru_cache
+
+import torch
+
+from .... import dispatch
+from ....backends.tvm import cpu_target_spec, get_module
+
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# Rows of a dense prefill task (group heads x queries): 64 rows amortise each K^T / V tile over
+# 64 x (Dqk + Dv) FMAs while Q, S, P and the accumulator of a task stay in L2.
+DENSE_ROWS = 64
+# The KV tile of prefill and decode. Block scores and sparse attention use the block size.
+KV_TILE = 64
+# Sliding windows up to this size use half tiles: a query block then computes fewer masked
+# logits at the window's two edges (measured about 10% faster for window 128 at S = 8K).
+SMALL_WINDOW, WINDOW_TILE = 256, 32
+# attention_fwd with at most this many causal queries runs the decode kernel (no K^T pass).
+FEW_QUERIES = 8
+
+
+@lru_cache(maxsize=1)
+def _source_hash() -> str:
+    here = pathlib.Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("common.py", "dense.py", "rows.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _reference(op: str):
+    return dispatch.get_impl(op, "reference")
+
+
+def _supported(*tensors) -> bool:
+    return all(t.dtype in _DTYPES for t in tensors)
+
+
+def _c(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _sink_arg(sink, device):
+    # The kernels read the sink as fp32 [Hq]; without a sink a 1-element placeholder is passed.
+    if sink is None:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    return _c(sink.detach().to(torch.float32))
+
+
+def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None):
+    if block_size is not None:
+        bn = block_size
+    else:
+        bn = WINDOW_TILE if window is not None and window <= SMALL_WINDOW else KV_TILE
+    spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=max(1, DENSE_ROWS // group), bn=bn,
+                dtype=dtype, causal=bool(causal), window=window is not None, sink=sink is not None,
+                block_scores=block_size is not None)
+
+    def build():
+        from .dense import build_dense
+
+        return build_dense(dqk=dqk, dv=dv, group=group, bm=spec["bm"], bn=bn, dtype=dtype, causal=spec["causal"],
+                           has_window=spec["window"], has_sink=spec["sink"], block_scores=spec["block_scores"])
+
+    op = "attention_block_scores" if block_size is not None else "attention_fwd"
+    return get_module(op, spec, build, cpu_target_spec(), source=_source_hash(), required=("prep", "main")), spec
+
+
+def _rows_module(op, dqk, dv, group, dtype, bn, sparse, window, sink):
+    spec = dict(kernel="rows", dqk=dqk, dv=dv, group=group, bn=bn, dtype=dtype, sparse=bool(sparse),
+                window=window is not None, sink=sink is not None)
+
+    def build():
+        from .rows import build_rows
+
+        return build_rows(dqk=dqk, dv=dv, group=group, bn=bn, dtype=dtype, sparse=spec["sparse"],
+                          has_window=spec["window"], has_sink=spec["sink"])
+
+    return get_module(op, spec, build, cpu_target_spec(), source=_source_hash())
+
+
+def _empty_kv(q, v, sink):
+    """No keys at all: out 0, lse -inf (the sink where there is one)."""
+    B, Hq, Sq, _ = q.shape
+    out = q.new_zeros(B, Hq, Sq, v.shape[-1])
+    if sink is None:
+        lse = torch.full((B, Hq, Sq), float("-inf"), dtype=torch.float32, device=q.device)
+    else:
+        lse = sink.detach().to(torch.float32).view(1, Hq, 1).expand(B, Hq, Sq).contiguous()
+    return out, lse
+
+
+def _run_dense(q, k, v, sink, causal, window, scale, block_size=None):
+    B, Hq, Sq, Dqk = q.shape
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    lib, spec = _dense_module(Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], causal, window, sink, block_size)
+    q, k, v = _c(q), _c(k), _c(v)
+    bn = spec["bn"]
+    nblocks = -(-Sk // bn)
+    # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles.
+    kt = torch.empty(B, Hkv, nblocks, Dqk, bn, dtype=torch.float32)
+    vp = torch.empty(B, Hkv, nblocks * bn, Dv, dtype=torch.float32)
+    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
+    lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
+    kv_len = torch.full((B,), Sk, dtype=torch.int32)
+    if block_size is not None:
+        tmax = torch.empty(B, Hq, Sq, nblocks, dtype=torch.float32)
+        scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
+    else:
+        tmax = scores = torch.empty(1, 1, 1, 1, dtype=torch.float32)
+    lib["prep"](k, v, kt, vp)
+    lib["main"](q, kt, vp, kv_len, _sink_arg(sink, q.device), out, lse, tmax, scores,
+                int(window) if window is not None else 0, float(scale))
+    return out, lse, scores
+
+
+def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale):
+    B, Hq, Sq, Dqk = q.shape
+    Hkv, Dv = k.shape[1], v.shape[-1]
+    sparse = indices is not None
+    bn = block_size if sparse else KV_TILE
+    lib = _rows_module(op, Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], bn, sparse, window, sink)
+    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
+    lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
+    idx = _c(indices.to(torch.int32)) if sparse else torch.empty(1, 1, 1, 1, dtype=torch.int32)
+    lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink, q.device), out, lse,
+                int(window) if window is not None else 0, float(scale))
+    return out, lse
+
+
+# ---------------------------------------------------------------- the registered implementations
+
+
+def attention_fwd(q, k, v, sink, causal, window, scale):
+    """Full / sliding-window attention with optional sink on the CPU. Returns ``(out, lse)``.
+
+    q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]`` -> out
+    ``[B, Hq, Sq, Dv]`` (q's dtype), lse ``[B, Hq, Sq]`` float32. float64 runs the reference.
+    A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel.
+
+    Example::
+
+        out, lse = attention_fwd(q, k, v, None, True, 128, q.shape[-1] ** -0.5)
+    """
+    if not _supported(q, k, v):
+        return _reference("attention_fwd")(q, k, v, sink, causal, window, scale)
+    if q.numel() == 0:
+        return q.new_empty(*q.shape[:3], v.shape[-1]), q.new_empty(q.shape[:3], dtype=torch.float32)
+    if k.shape[2] == 0:
+        return _empty_kv(q, v, sink)
+    if causal and q.shape[2] <= FEW_QUERIES:
+        kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
+        return _run_rows("attention_fwd", q, k, v, kv_len, None, None, sink, window, scale)
+    out, lse, _ = _run_dense(q, k, v, sink, causal, window, scale)
+    return out, lse
+
+
+def attention_with_block_scores(q, k, v, block_size, causal, scale):
+    """Attention plus HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` (float32).
+
+    The KV tile of the kernel is the block, so block sizes from 8 to 1024 run in TVM; smaller
+    blocks and float64 run the reference. Returns ``(out, lse, block_scores)``.
+    """
+    if not _supported(q, k, v) or not 8 <= block_size <= 1024 or q.numel() == 0 or k.shape[2] == 0:
+        return _reference("attention_block_scores")(q, k, v, block_size, causal, scale)
+    return _run_dense(q, k, v, None, causal, None, scale, block_size=block_size)
+
+
+def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
+    """Attention over the selected KV blocks (``indices [B, Hkv, Sq, k]``, -1 pads). Returns ``(out, lse)``.
+
+    Each query reads only its listed blocks (a block listed twice counts once), causal inside
+    its own block. float64 runs the reference.
+    """
+    if not _supported(q, k, v) or q.numel() == 0 or k.shape[2] == 0 or indices.shape[-1] == 0:
+        return _reference("sparse_attention_fwd")(q, k, v, indices, block_size, sink, scale)
+    kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
+    return _run_rows("sparse_attention_fwd", q, k, v, kv_len, indices, block_size, sink, None, scale)
+
+
+def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
+    """Decode / verification step over a padded cache (``cache_seqlens [B]`` valid keys each).
+
+    q ``[B, Hq, Sq, Dqk]`` (Sq = 1 or a few), caches ``[B, Hkv, Smax, D]``; the kernel reads only
+    the tiles a query can see (window included), in place. Returns ``(out, lse)``.
+    """
+    if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0:
+        return _reference("attention_decode")(q, k_cache, v_cache, cache_seqlens, sink, window, scale)
+    return _run_rows("attention_decode", q, k_cache, v_cache, cache_seqlens, None, None, sink, window, scale)
+
+
+def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale):
+    """Sparse attention of decode queries over selected blocks of a padded shared cache. Returns ``(out, lse)``."""
+    if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0 or indices.shape[-1] == 0:
+        return _reference("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale)
+    return _run_rows("sparse_attention_decode", q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, None, scale)
+
+
+def attention_bwd(dout, dlse, q, k, v, sink, out, lse, causal, window, scale):
+    """Gradients ``(dq, dk, dv, dsink)`` computed with the **reference path** (no TVM backward yet):
+    autograd through the materialised float32 forward, recomputed from q, k, v."""
+    return _reference("attention_bwd")(dout, dlse, q, k, v, sink, out, lse, causal, window, scale)
+
+
+def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale):
+    """Gradients of sparse attention computed with the **reference path** (no TVM backward yet)."""
+    return _reference("sparse_attention_bwd")(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale)
