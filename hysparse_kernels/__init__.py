@@ -23,6 +23,7 @@ from .ops.attention import (
     sparse_attention_decode,
     topk_blocks,
 )
+from .ops.moe import expert_load, grouped_gemm, moe, moe_permute, moe_unpermute, route, update_routing_bias
 
 try:
     __version__ = version("hysparse-kernels")
@@ -36,6 +37,13 @@ __all__ = [
     "sparse_attention",
     "attention_decode",
     "sparse_attention_decode",
+    "route",
+    "moe_permute",
+    "grouped_gemm",
+    "moe_unpermute",
+    "moe",
+    "expert_load",
+    "update_routing_bias",
     "use_backend",
     "BackendFallbackWarning",
     "BackendUnavailableError",

@@ -1,0 +1,145 @@
+"""TVM backend of the MoE family on the CPU (``llvm``): grouped GEMM and the fused expert MLP.
+
+``moe`` runs three TVM kernels over the expert-sorted (token, slot) pairs:
+
+1. gate/up GEMM with the permutation fused into its loads (row r reads token ``order[r] // k``
+   of x, so no ``x_sorted`` copy is written) and ``SiLU(gate) * up`` in its epilogue -> h ``[T*k, I]``;
+2. down GEMM with the routing weight of each row in its epilogue -> y ``[T*k, D]`` (float32);
+3. the combine: ``out[t] = sum_j y[inverse[t, j]]``.
+
+The sort of the ``T*k`` expert ids (a few microseconds) stays in torch. Kernels are built once
+per (shape, dtype, thread count) and cached for the process (a build takes about a second).
+
+Threading: TVM's pool spins between tasks by default. On a small shared CPU, spinning workers
+steal the cores from torch's own threads (and the other way round) and both slow down many
+times over, so unless the user set them this module asks TVM not to spin
+(``TVM_THREAD_POOL_SPIN_COUNT=0``) nor pin threads (``TVM_BIND_THREADS=0``). These are read
+when TVM's thread pool starts, so they only take effect if TVM has not run a parallel kernel yet.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+from torch import Tensor
+
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+import tvm  # noqa: E402
+
+from . import tvm_kernels as K  # noqa: E402
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_lock = threading.Lock()
+_cache: dict[tuple, object] = {}
+
+# Register tiles (rows of X x rows of W) per kernel: with 16 AVX2 registers, gate/up keeps
+# 2 x 2 x 2 accumulators + 4 W + 1 X vectors, the single-matrix GEMMs 4 x 2 + 2 + 1; measured
+# fastest of the fitting shapes on the 2-core development machine. MT = rows kept in L2 while
+# the thread walks its column blocks (MT * K * 4 bytes = 512 KiB at K = 1024).
+_TILES = {"gate_up": (2, 2), "down": (4, 2), "plain": (4, 2)}
+_MT = 128
+
+
+def num_threads() -> int:
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def _split(N: int, nr: int, threads: int) -> tuple[int, int]:
+    """(NR, P): the widest register tile <= nr and the most thread slices that divide N."""
+    for p in (threads, 1):
+        for r in range(nr, 0, -1):
+            if N % (r * p) == 0:
+                return r, p
+    return 1, 1
+
+
+def _build(key: tuple, make):
+    with _lock:
+        lib = _cache.get(key)
+        if lib is None:
+            lib = tvm.tirx.build(make(), target=K.target(num_threads()))
+            _cache[key] = lib
+    return lib
+
+
+def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str):
+    mr, nr = _TILES[mode]
+    nr, p = _split(N, nr, num_threads())
+    key = ("gemm", E, N, Kdim, mode, dtype, mr, nr, p)
+    return _build(key, lambda: K.grouped_gemm_func(E, N, Kdim, mode=mode, MR=mr, NR=nr, MT=_MT, P=p, dtype=dtype))
+
+
+def _combine_lib(D: int, k: int, dtype: str):
+    return _build(("combine", D, k, dtype), lambda: K.combine_func(D, k, num_threads(), dtype=dtype))
+
+
+def _dtype(t: Tensor) -> str:
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"tvm backend: unsupported dtype {t.dtype}")
+    return _DTYPES[t.dtype]
+
+
+def _pad_k(t: Tensor, lanes: int) -> Tensor:
+    """Zero-pad the last dim to a multiple of the vector width (the kernels walk K by registers)."""
+    extra = (-t.shape[-1]) % lanes
+    return torch.nn.functional.pad(t, (0, extra)).contiguous() if extra else t.contiguous()
+
+
+def _sort_pairs(expert_ids: Tensor, num_experts: int):
+    """Expert-sorted order of the (token, slot) pairs, segment offsets and the inverse map."""
+    flat = expert_ids.reshape(-1).long()
+    order = torch.sort(flat, stable=True).indices
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    offsets = torch.zeros(num_experts + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(flat, minlength=num_experts), 0, out=offsets[1:])
+    return order, offsets, inverse
+
+
+def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
+    """y[r] = x_sorted[r] @ w[e].T per expert segment: ``[M, N]`` (see ``api.grouped_gemm``)."""
+    dtype = _dtype(x_sorted)
+    lanes = K.lanes(dtype)
+    x = _pad_k(x_sorted, lanes)
+    wp = _pad_k(w, lanes)
+    E, N, Kp = wp.shape
+    M = x.shape[0]
+    y = torch.empty(M, N, dtype=x_sorted.dtype)
+    if M == 0:
+        return y
+    dummy_rows = torch.empty(M, dtype=torch.int64)
+    dummy_scale = torch.empty(M, dtype=torch.float64 if dtype == "float64" else torch.float32)
+    _gemm_lib(E, N, Kp, "plain", dtype)["main"](x, dummy_rows, wp, expert_offsets.contiguous(), dummy_scale, y)
+    return y
+
+
+def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor) -> Tensor:
+    """The routed expert MLP (see ``api.moe``): three TVM kernels over the sorted pairs."""
+    dtype = _dtype(x)
+    acc = torch.float64 if dtype == "float64" else torch.float32
+    lanes = K.lanes(dtype)
+    T, D = x.shape
+    E, two_i, _ = w_gate_up.shape
+    inter = two_i // 2
+    k = expert_ids.shape[1]
+    if T == 0:
+        return torch.zeros_like(x)
+    order, offsets, inverse = _sort_pairs(expert_ids, E)
+    rowtok = order // k
+    scale = weights.reshape(-1)[order].to(acc).contiguous()
+    M = order.numel()
+    xp, wgu = _pad_k(x, lanes), _pad_k(w_gate_up, lanes)
+    h = torch.empty(M, inter, dtype=x.dtype)
+    _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype)["main"](xp, rowtok, wgu, offsets, scale, h)
+    y = torch.empty(M, D, dtype=acc)
+    wd = _pad_k(w_down, lanes)
+    _gemm_lib(E, D, wd.shape[2], "down", dtype)["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
+    if D % lanes:
+        return y[inverse.view(T, k)].sum(1).to(x.dtype)
+    out = torch.empty(T, D, dtype=x.dtype)
+    _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
+    return out
