@@ -319,6 +319,13 @@ def entries(op: str, *, backend: str, device="cpu", root=None) -> dict:
     return merged
 
 
+@lru_cache(maxsize=1)
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def lookup(op: str, *, backend: str, device="cpu", shape: dict) -> dict | None:
     """The tuned config of ``op`` on ``backend`` for the bucket nearest ``shape`` on ``device``, or None.
 
@@ -326,6 +333,8 @@ def lookup(op: str, *, backend: str, device="cpu", shape: dict) -> dict | None:
     bucket of the run-time sizes wins (ties: the same dtype, then the smaller bucket).
     Blacklisted configs are skipped. Answers are cached in memory per bucket.
     """
+    if str(device).startswith("cuda") and not _cuda_present():
+        return None  # planning for a GPU this machine lacks: its configs cannot be told apart
     root = os.environ.get(ENV_CACHE) or ""
     fixed, varying, dtype = split_shape(shape)
     memo = (root, op, backend, str(device), tuple(sorted(fixed.items())), tuple(sorted(varying.items())), dtype)

@@ -151,3 +151,27 @@ def test_frozen_cli_options():
     positional = [a.dest for a in parser._actions if not a.option_strings]
     assert positional == ["action", "target"]
     assert next(a for a in parser._actions if a.dest == "action").choices == ("list", "show", "export", "import", "clear")
+
+
+def test_ctrl_c_saves_the_best_so_far_and_resume_finishes(cache, monkeypatch, capsys):
+    from hysparse_kernels.autotune import runner
+
+    calls, real = [], runner.time_cpu
+
+    def interrupted(fn, reps=5):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(fn, reps)
+
+    monkeypatch.setattr(runner, "time_cpu", interrupted)
+    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=32,D=16", "--dtype", "fp32",
+            "--max-candidates", "3", "--reps", "1", "--no-plots", "--no-progress"]
+    assert main(args) == 130
+    assert "partial (interrupted)" in capsys.readouterr().out
+    (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
+    assert not entry["complete"] and len(entry["candidates"]) == 2  # heuristic + the one finished candidate
+    monkeypatch.setattr(runner, "time_cpu", real)
+    assert main([*args, "--resume"]) == 0  # an incomplete bucket is searched again
+    (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
+    assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 4

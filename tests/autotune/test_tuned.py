@@ -199,3 +199,8 @@ def test_bucket_key_and_device_key():
     assert key.startswith("cpu-") and key.endswith(f"-{tuned.device_description('cpu')['cores']}c")
     with pytest.raises(ValueError, match="device: expected"):
         tuned.device_key("tpu")
+
+
+def test_a_device_this_machine_lacks_has_no_tuned_configs(monkeypatch):
+    monkeypatch.setattr(tuned, "_cuda_present", lambda: False)
+    assert tuned.lookup("attention_fwd", backend="triton", device="cuda", shape=ATT) is None
