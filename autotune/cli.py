@@ -156,6 +156,8 @@ def cmd_tune(args) -> int:
                 task = tasks.make_task(op, backend, shape, args.dtype, device)
                 res = runner.tune_bucket(task, groups, spaces.heuristic(op, backend, shape), timer=timer,
                                          deadline=deadline, max_candidates=args.max_candidates, on_candidate=progress)
+                if res.complete:
+                    res = runner.confirm(task, res, timer=timer)
             except KeyboardInterrupt:
                 interrupted, res = True, state["res"]
             except Exception as e:  # the heuristic itself fails for this shape: nothing to tune

@@ -3,7 +3,8 @@
 CPU: one warm-up run (it builds the kernel), then ``reps`` timed runs; the median counts.
 GPU: ``triton.testing.do_bench`` (median of its repetitions, L2 flushed between them).
 A candidate that fails to build or run, or whose output differs from the heuristic config's,
-is dropped with its reason; the best of the rest is kept.
+is dropped with its reason; the best of the rest is kept if it still beats the heuristic when
+the two are re-timed alternately (``confirm``).
 
 Example::
 
@@ -111,6 +112,25 @@ def tune_bucket(task, groups: list[list[dict]], heuristic: dict, *, timer=time_c
             if on_candidate:
                 on_candidate(res)
     res.complete = True
+    return res
+
+
+def confirm(task, res: BucketResult, *, timer=time_cpu, rounds: int = 3) -> BucketResult:
+    """Re-time the winner against the heuristic, alternating the two ``rounds`` times; keep the
+    winner only if its median still beats the heuristic's (a noisy machine otherwise crowns
+    whichever candidate had a quiet moment). Both medians replace the search's numbers."""
+    if res.best is None or res.best == res.heuristic:
+        return res
+    best_fn, heur_fn = task.runner(res.best), task.runner(res.heuristic)
+    tb, th = [], []
+    for _ in range(rounds):
+        th.append(timer(heur_fn))
+        tb.append(timer(best_fn))
+    res.heuristic_ms, best_ms = statistics.median(th), statistics.median(tb)
+    if best_ms < res.heuristic_ms:
+        res.best_ms = best_ms
+    else:
+        res.best, res.best_ms = dict(res.heuristic), res.heuristic_ms
     return res
 
 
