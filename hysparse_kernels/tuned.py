@@ -228,7 +228,8 @@ def _distance(a: dict, b: dict) -> float:
 
 _warned: set = set()
 _lock = threading.Lock()
-_answers: dict[tuple, dict | None] = {}
+_answers: dict[tuple, dict | None] = {}  # per bucket
+_raw_answers: dict[tuple, dict | None] = {}  # per exact shape (bounded)
 
 
 def _warn_once(key, message: str, stacklevel: int = 3) -> None:
@@ -241,6 +242,7 @@ def invalidate() -> None:
     """Forget the in-memory answers (after a store, an import, a clear or a blacklisting)."""
     with _lock:
         _answers.clear()
+        _raw_answers.clear()
 
 
 def reset_warnings() -> None:
@@ -333,9 +335,16 @@ def lookup(op: str, *, backend: str, device="cpu", shape: dict) -> dict | None:
     bucket of the run-time sizes wins (ties: the same dtype, then the smaller bucket).
     Blacklisted configs are skipped. Answers are cached in memory per bucket.
     """
+    root = os.environ.get(ENV_CACHE) or ""
+    # Fast path: this exact shape was asked before (the common case of a kernel in a loop).
+    raw = (root, op, backend, device, tuple(shape.items()))
+    try:
+        hit = _raw_answers[raw]
+        return None if hit is None else dict(hit)
+    except (KeyError, TypeError):  # TypeError: an unhashable device or size; take the slow path
+        pass
     if str(device).startswith("cuda") and not _cuda_present():
         return None  # planning for a GPU this machine lacks: its configs cannot be told apart
-    root = os.environ.get(ENV_CACHE) or ""
     fixed, varying, dtype = split_shape(shape)
     memo = (root, op, backend, str(device), tuple(sorted(fixed.items())), tuple(sorted(varying.items())), dtype)
     try:
@@ -355,6 +364,12 @@ def lookup(op: str, *, backend: str, device="cpu", shape: dict) -> dict | None:
             best, best_rank = entry["config"], rank
     with _lock:
         _answers[memo] = best
+        if len(_raw_answers) > 4096:  # decode walks through lengths: keep the exact-shape memo bounded
+            _raw_answers.clear()
+        try:
+            _raw_answers[raw] = best
+        except TypeError:
+            pass
     return None if best is None else dict(best)
 
 
