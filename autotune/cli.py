@@ -231,7 +231,8 @@ def cmd_list(args) -> int:
                 n = len(tuned.read_entries(path, op=op, key=key, backend=backend))
                 if n:
                     print(f"  {label:8s} {op:24s} {backend:7s} {n} bucket(s)  {path}")
-    others = [p.name for p in tuned.cache_root().iterdir() if p.is_dir() and p.name != key and p.name != "tvm"] \
+    others = [p.name for p in tuned.cache_root().iterdir()
+              if p.is_dir() and p.name != key and p.name.startswith(("cpu-", "cuda-"))] \
         if tuned.cache_root().is_dir() else []
     if others:
         print(f"  other devices in the cache (not used here): {', '.join(sorted(others))}")

@@ -42,19 +42,20 @@ def plot(op: str, buckets: list[dict], folder) -> pathlib.Path | None:
         return None
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(buckets), 1, figsize=(9, 2.6 * len(buckets)), squeeze=False)
+    heights = [0.8 + 0.22 * len(b["candidates"]) for b in buckets]
+    fig, axes = plt.subplots(len(buckets), 1, figsize=(8, sum(heights) + 0.6 * len(buckets)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights, "hspace": 0.7})
     for ax, b in zip(axes[:, 0], buckets):
-        cands = b["candidates"]
-        ms = [c["ms"] for c in cands]
-        colors = ["tab:orange" if c["config"] == b["heuristic"] else "tab:green" if c["config"] == b["best"] else "tab:blue"
-                  for c in cands]
-        ax.bar(range(len(ms)), ms, color=colors)
-        ax.set_ylabel("ms")
-        ax.set_title(f"{op}  {b['bucket']}  (orange: heuristic, green: best)", fontsize=8)
-        ax.set_xticks(range(len(ms)))
-        ax.set_xticklabels([json.dumps(c["config"], separators=(",", ":"))[1:-1] for c in cands], rotation=70, fontsize=5)
-    fig.tight_layout()
+        cands = sorted(b["candidates"], key=lambda c: c["ms"])
+        colors = ["tab:green" if c["config"] == b["best"] else "tab:orange" if c["config"] == b["heuristic"]
+                  else "tab:blue" for c in cands]
+        ax.barh(range(len(cands)), [c["ms"] for c in cands], color=colors)
+        ax.set_yticks(range(len(cands)))
+        ax.set_yticklabels([fmt_config(c["config"]) for c in cands], fontsize=6)
+        ax.invert_yaxis()  # fastest on top
+        ax.set_xlabel("ms (median)", fontsize=7)
+        ax.set_title(f"{op}  {b['bucket']}   green: kept, orange: heuristic", fontsize=8)
     path = folder / f"{op}.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
