@@ -175,3 +175,13 @@ def test_ctrl_c_saves_the_best_so_far_and_resume_finishes(cache, monkeypatch, ca
     assert main([*args, "--resume"]) == 0  # an incomplete bucket is searched again
     (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
     assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 4
+
+
+def test_budget_running_out_mid_bucket_saves_it_as_partial(cache, capsys):
+    # A shape no other test builds: building its first kernel alone outlasts the half-second budget.
+    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=3,Hkv=1,S=24,D=24", "--dtype", "fp32",
+            "--budget", "0.5s", "--reps", "1", "--no-plots", "--no-progress"]
+    assert main(args) == 0
+    assert "partial (budget)" in capsys.readouterr().out
+    (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
+    assert not entry["complete"] and entry["config"] == entry["heuristic"]
