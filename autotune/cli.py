@@ -141,10 +141,14 @@ def cmd_tune(args) -> int:
         total = sum(1 + runner.count(g) if args.max_candidates is None else 1 + min(args.max_candidates, runner.count(g))
                     for _, _, g, _ in plan)
         bar = _progress(total, args.no_progress)
-        for op, shape, groups, row in plan:
-            if time.monotonic() > deadline:
+        for i, (op, shape, groups, row) in enumerate(plan):
+            now = time.monotonic()
+            if now > deadline:
                 rows.append({**row, "status": "not started (budget)"})
                 continue
+            # An even share of what is left, so one slow bucket cannot starve the others (time a
+            # bucket does not use passes on to the next ones).
+            bucket_deadline = now + (deadline - now) / (len(plan) - i)
             state = {"res": None}
 
             def progress(res, op=op, row=row):
@@ -155,7 +159,8 @@ def cmd_tune(args) -> int:
             try:
                 task = tasks.make_task(op, backend, shape, args.dtype, device)
                 res = runner.tune_bucket(task, groups, spaces.heuristic(op, backend, shape), timer=timer,
-                                         deadline=deadline, max_candidates=args.max_candidates, on_candidate=progress)
+                                         deadline=bucket_deadline, max_candidates=args.max_candidates,
+                                         on_candidate=progress)
                 if res.complete:
                     res = runner.confirm(task, res, timer=timer)
             except KeyboardInterrupt:
