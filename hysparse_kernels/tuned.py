@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -382,6 +381,8 @@ def file_lock(path, *, blocking: bool = True) -> Iterator[None]:
 
     Non-blocking: raises :class:`TunerBusyError` at once when another holder has it.
     """
+    import fcntl  # POSIX only; imported here so the lookup itself needs nothing beyond the stdlib core
+
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
