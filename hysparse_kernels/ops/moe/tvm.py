@@ -31,6 +31,7 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 import tvm  # noqa: E402
 
 from . import tvm_kernels as K  # noqa: E402
+from ... import tuned  # noqa: E402
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _lock = threading.Lock()
@@ -45,6 +46,8 @@ _TILES = {"gate_up": (2, 2), "down": (4, 2), "plain": (4, 2)}
 # rows, and the wider column tile reuses each x load across more weight rows.
 _TILES_ONE_ROW = {"gate_up": (1, 4), "down": (1, 4), "plain": (1, 4)}
 _MT = 128
+# The same knobs as a launch config (what the autotune cache stores for moe_fwd).
+HEURISTIC = {"gate_up_mr": 2, "gate_up_nr": 2, "down_mr": 4, "down_nr": 2, "mt": _MT}
 
 
 def num_threads() -> int:
@@ -69,11 +72,11 @@ def _build(key: tuple, make):
     return lib
 
 
-def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str, rows_per_expert: float = 64.0):
-    mr, nr = (_TILES_ONE_ROW if rows_per_expert < 2 else _TILES)[mode]
+def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str, rows_per_expert: float = 64.0, tile=None, mt: int = _MT):
+    mr, nr = tile or (_TILES_ONE_ROW if rows_per_expert < 2 else _TILES)[mode]
     nr, p = _split(N, nr, num_threads())
-    key = ("gemm", E, N, Kdim, mode, dtype, mr, nr, p)
-    return _build(key, lambda: K.grouped_gemm_func(E, N, Kdim, mode=mode, MR=mr, NR=nr, MT=_MT, P=p, dtype=dtype))
+    key = ("gemm", E, N, Kdim, mode, dtype, mr, nr, p, mt)
+    return _build(key, lambda: K.grouped_gemm_func(E, N, Kdim, mode=mode, MR=mr, NR=nr, MT=mt, P=p, dtype=dtype))
 
 
 def _combine_lib(D: int, k: int, dtype: str):
@@ -128,7 +131,15 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
 
 
 def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor) -> Tensor:
-    """The routed expert MLP (see ``api.moe``): three TVM kernels over the sorted pairs."""
+    """The routed expert MLP (see ``api.moe``): three TVM kernels over the sorted pairs, with the
+    register tiles of the autotune cache for this shape (``HEURISTIC`` when it has none)."""
+    shape = {"tokens": x.shape[0], "hidden": x.shape[1], "experts": w_gate_up.shape[0], "top_k": expert_ids.shape[1],
+             "intermediate": w_gate_up.shape[1] // 2, "dtype": _DTYPES.get(x.dtype)}
+    return tuned.launch("moe_fwd", backend="tvm", device="cpu", shape=shape, heuristic=HEURISTIC,
+                        run=lambda c: _moe(x, w_gate_up, w_down, weights, expert_ids, c))
+
+
+def _moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor, cfg: dict) -> Tensor:
     dtype = _dtype(x)
     acc = torch.float64 if dtype == "float64" else torch.float32
     lanes = K.lanes(dtype)
@@ -145,10 +156,14 @@ def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_id
     xp, wgu = _pad_k(x, lanes), _pad_k(w_gate_up, lanes)
     rpe = _rows_per_expert(offsets)
     h = torch.empty(M, inter, dtype=x.dtype)
-    _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype, rpe)["main"](xp, rowtok, wgu, offsets, scale, h)
+    # Without a tuned entry, decode-like calls (about one row per active expert) take the one-row tiles.
+    one_row = rpe < 2 and cfg == HEURISTIC
+    gu_tile = _TILES_ONE_ROW["gate_up"] if one_row else (cfg["gate_up_mr"], cfg["gate_up_nr"])
+    down_tile = _TILES_ONE_ROW["down"] if one_row else (cfg["down_mr"], cfg["down_nr"])
+    _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype, rpe, gu_tile, cfg["mt"])["main"](xp, rowtok, wgu, offsets, scale, h)
     y = torch.empty(M, D, dtype=acc)
     wd = _pad_k(w_down, lanes)
-    _gemm_lib(E, D, wd.shape[2], "down", dtype, rpe)["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
+    _gemm_lib(E, D, wd.shape[2], "down", dtype, rpe, down_tile, cfg["mt"])["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
     if D % lanes:
         return y[inverse.view(T, k)].sum(1).to(x.dtype)
     out = torch.empty(T, D, dtype=x.dtype)

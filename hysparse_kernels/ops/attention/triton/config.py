@@ -148,3 +148,9 @@ def config_for(op: str, shape: dict) -> Config:
         if tuned is not None:
             return tuned
     return default_config(op, shape)
+
+
+# The autotune cache answers by default (imported last: it needs Config).
+from .tuned_configs import from_cache as _from_cache  # noqa: E402
+
+set_config_provider(_from_cache)

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, interpreted, next_pow2
+from .tuned_configs import guarded
 from .fwd import LOG2E, _fwd_tiles
 
 
@@ -114,6 +115,11 @@ def num_splits(batch_kv_heads: int, smax: int, block_n: int) -> int:
 
 
 def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
+    """Decode attention (see ``_attention_decode``); a failing tuned config falls back (``guarded``)."""
+    return guarded(lambda: _attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale))
+
+
+def _attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
     """Triton ``hysparse::attention_decode``: ``(out [B, Hq, Sq, Dv], lse [B, Hq, Sq] fp32)``.
 
     q ``[B, Hq, Sq, Dqk]`` (Sq = 1, or 1 + draft tokens), caches ``[B, Hkv, Smax, D]`` holding

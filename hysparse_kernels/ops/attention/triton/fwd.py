@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block
+from .tuned_configs import guarded
 
 LOG2E = 1.4426950408889634
 
@@ -204,7 +205,7 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 
         out, lse = attention_fwd(q, k, v, None, True, 16, q.shape[-1] ** -0.5)
     """
-    out, lse, _ = _launch_fwd(q, k, v, sink, causal, window, scale)
+    out, lse, _ = guarded(lambda: _launch_fwd(q, k, v, sink, causal, window, scale))
     return out, lse
 
 
@@ -214,4 +215,4 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale):
     The KV tile is the block (``block_size >= 16``); memory beyond the outputs is one fp32 tile
     maximum per (query head, query, block): ``1 / block_size`` of a score matrix, never ``S x S``.
     """
-    return _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size)
+    return guarded(lambda: _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size))

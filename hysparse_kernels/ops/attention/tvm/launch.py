@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import torch
 
-from .... import dispatch
+from .... import dispatch, tuned
 from ....backends.tvm import cpu_target_spec, get_module
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -73,14 +73,33 @@ def _sink_arg(sink):
     return _c(sink.detach().to(torch.float32))
 
 
-def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, seqlen_k=0):
-    if block_size is not None:
-        bn = block_size
-    elif window is not None:
-        bn = WINDOW_TILE if window <= SMALL_WINDOW else KV_TILE
+def _heuristic(window, dense=True, group=1, seqlen_k=0) -> dict:
+    """The default knobs: ``rows`` (query rows of a dense task: group heads x queries, see
+    ``dense_queries_per_task``) and ``kv_tile`` (keys per tile: half tiles for small windows,
+    long tiles for long causal prefill)."""
+    if not dense:
+        return {"kv_tile": KV_TILE}
+    if window is not None:
+        tile = WINDOW_TILE if window <= SMALL_WINDOW else KV_TILE
     else:
-        bn = LONG_TILE if seqlen_k >= LONG_KV else KV_TILE
-    spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=dense_queries_per_task(group), bn=bn,
+        tile = LONG_TILE if seqlen_k >= LONG_KV else KV_TILE
+    return {"rows": group * dense_queries_per_task(group), "kv_tile": tile}
+
+
+def _tuned(op, q, k, v, window, heuristic, run, **extra):
+    """``run(config)`` with the autotune cache's config for this shape (``tuned.launch``)."""
+    B, Hq, Sq, Dqk = q.shape
+    shape = dict(batch=B, q_heads=Hq, kv_heads=k.shape[1], qk_dim=Dqk, v_dim=v.shape[-1], seq_q=Sq,
+                 seq_k=k.shape[2], dtype=_DTYPES[q.dtype], **extra)
+    if window is not None:
+        shape["window"] = int(window)
+    return tuned.launch(op, backend="tvm", device="cpu", shape=shape, heuristic=heuristic, run=run)
+
+
+def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, config=None):
+    config = config or _heuristic(window, group=group)
+    bn = block_size if block_size is not None else int(config["kv_tile"])
+    spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=max(1, int(config["rows"]) // group), bn=bn,
                 dtype=dtype, causal=bool(causal), window=window is not None, sink=sink is not None,
                 block_scores=block_size is not None)
 
@@ -118,10 +137,10 @@ def _empty_kv(q, v, sink):
     return out, lse
 
 
-def _run_dense(q, k, v, sink, causal, window, scale, block_size=None):
+def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=None):
     B, Hq, Sq, Dqk = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[-1]
-    lib, spec = _dense_module(Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], causal, window, sink, block_size, Sk)
+    lib, spec = _dense_module(Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], causal, window, sink, block_size, config)
     q, k, v = _c(q), _c(k), _c(v)
     bn = spec["bn"]
     nblocks = -(-Sk // bn)
@@ -142,11 +161,11 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None):
     return out, lse, scores
 
 
-def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale):
+def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale, config=None):
     B, Hq, Sq, Dqk = q.shape
     Hkv, Dv = k.shape[1], v.shape[-1]
     sparse = indices is not None
-    bn = block_size if sparse else KV_TILE
+    bn = block_size if sparse else int((config or {}).get("kv_tile", KV_TILE))
     lib = _rows_module(op, Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], bn, sparse, window, sink)
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
@@ -178,8 +197,11 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
         return _empty_kv(q, v, sink)
     if causal and q.shape[2] <= FEW_QUERIES:
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
-        return _run_rows("attention_fwd", q, k, v, kv_len, None, None, sink, window, scale)
-    out, lse, _ = _run_dense(q, k, v, sink, causal, window, scale)
+        return _tuned("attention_fwd", q, k, v, window, _heuristic(window, dense=False),
+                      lambda c: _run_rows("attention_fwd", q, k, v, kv_len, None, None, sink, window, scale, c))
+    heuristic = _heuristic(window, group=q.shape[1] // k.shape[1], seqlen_k=k.shape[2])
+    out, lse, _ = _tuned("attention_fwd", q, k, v, window, heuristic,
+                         lambda c: _run_dense(q, k, v, sink, causal, window, scale, config=c))
     return out, lse
 
 
@@ -191,7 +213,10 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale):
     """
     if not _supported(q, k, v) or not 8 <= block_size <= 1024 or q.numel() == 0 or k.shape[2] == 0:
         return _reference("attention_block_scores")(q, k, v, block_size, causal, scale)
-    return _run_dense(q, k, v, None, causal, None, scale, block_size=block_size)
+    group = q.shape[1] // k.shape[1]
+    return _tuned("attention_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
+                  lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size}),
+                  block_size=block_size)
 
 
 def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
@@ -214,7 +239,9 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
     """
     if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0:
         return _reference("attention_decode")(q, k_cache, v_cache, cache_seqlens, sink, window, scale)
-    return _run_rows("attention_decode", q, k_cache, v_cache, cache_seqlens, None, None, sink, window, scale)
+    return _tuned("attention_decode", q, k_cache, v_cache, window, _heuristic(window, dense=False),
+                  lambda c: _run_rows("attention_decode", q, k_cache, v_cache, cache_seqlens, None, None, sink,
+                                      window, scale, c))
 
 
 def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale):

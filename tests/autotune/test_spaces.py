@@ -1,0 +1,72 @@
+"""Search spaces: Triton enumeration pruned by the H100 / A100 limits (no GPU needed), TVM knobs."""
+
+import pytest
+
+from hysparse_kernels.autotune import device, spaces
+from hysparse_kernels.ops.attention.triton.config import cuda_configs
+
+H100, A100 = device.GPUS["h100"], device.GPUS["a100"]
+SHAPE = {"qk_dim": 128, "v_dim": 128, "group": 8, "seq_q": 4096, "seq_k": 4096}
+
+
+def keyset(configs):
+    return {tuple(sorted(c.items())) for c in configs}
+
+
+@pytest.mark.parametrize("dev", [H100, A100], ids=["h100", "a100"])
+def test_every_kept_config_fits_the_device(dev):
+    (configs,) = spaces.space("attention_fwd", "triton", SHAPE, "bf16", dev)
+    assert configs
+    for c in configs:
+        assert spaces.triton_smem(c, 128, 128, 2) <= dev.smem_per_block
+        assert spaces.triton_regs_per_thread(c, 128, 128) <= dev.regs_per_thread
+    assert len(configs) < 4 * 4 * 3 * 4  # something was pruned
+
+
+def test_a100_prunes_what_h100_keeps():
+    h = keyset(spaces.triton_space("attention_fwd", SHAPE, "bf16", H100))
+    a = keyset(spaces.triton_space("attention_fwd", SHAPE, "bf16", A100))
+    assert a < h  # strictly fewer on the smaller shared memory
+    dropped = [dict(c) for c in h - a]
+    assert all(A100.smem_per_block < spaces.triton_smem(c, 128, 128, 2) <= H100.smem_per_block for c in dropped)
+    # 128 x 128 tiles, 3 stages, D = 128 bf16: Q 32 KiB + 3 x (K + V) 192 KiB = 224 KiB (A100: 163 KiB)
+    assert (("block_m", 128), ("block_n", 128), ("num_stages", 3), ("num_warps", 8)) in h - a
+
+
+def test_wide_heads_prune_more_and_fp32_more_than_bf16():
+    narrow = spaces.triton_space("attention_fwd", {**SHAPE, "qk_dim": 64, "v_dim": 64}, "bf16", A100)
+    wide = spaces.triton_space("attention_fwd", {**SHAPE, "qk_dim": 256, "v_dim": 256}, "bf16", A100)
+    fp32 = spaces.triton_space("attention_fwd", SHAPE, "fp32", A100)
+    bf16 = spaces.triton_space("attention_fwd", SHAPE, "bf16", A100)
+    assert len(wide) < len(bf16) < len(narrow)
+    assert keyset(fp32) < keyset(bf16)
+
+
+@pytest.mark.parametrize("dev", [H100, A100], ids=["h100", "a100"])
+def test_the_shipped_vendor_configs_survive_pruning(dev):
+    kept = keyset(spaces.triton_space("attention_fwd", SHAPE, "bf16", dev))
+    for c in cuda_configs("attention_fwd")[::2]:  # 128x64 (D<=128) and 64x64 (wide heads)
+        assert (("block_m", c.block_m), ("block_n", c.block_n), ("num_stages", c.num_stages),
+                ("num_warps", c.num_warps)) in kept
+
+
+def test_decode_space_uses_few_rows():
+    configs = spaces.triton_space("attention_decode", SHAPE, "bf16", H100)
+    assert configs and {c["block_m"] for c in configs} <= {16, 32}
+
+
+def test_tvm_spaces():
+    (att,) = spaces.space("attention_fwd", "tvm", {**SHAPE, "group": 4}, "bfloat16", device.detect("cpu"))
+    assert {"rows": 64, "kv_tile": 64} in att and all(c["rows"] >= 4 for c in att)
+    (dec,) = spaces.space("attention_decode", "tvm", SHAPE, "bfloat16", device.detect("cpu"))
+    assert all(set(c) == {"kv_tile"} for c in dec)
+    gate_up, down, mt = spaces.space("moe_fwd", "tvm", {"tokens": 64}, "bfloat16", device.Device("k", "n", "cpu", vector_registers=16))
+    # gate/up keeps 2 accumulators per tile element: 2 x 4 tiles (16 + 8 + 2 registers) do not fit 16
+    assert {"gate_up_mr": 2, "gate_up_nr": 2} in gate_up and {"gate_up_mr": 2, "gate_up_nr": 4} not in gate_up
+    assert {"down_mr": 4, "down_nr": 2} in down and {"down_mr": 4, "down_nr": 4} not in down
+    assert [c["mt"] for c in mt] == [32, 64, 128, 256]
+
+
+def test_unknown_op_names_the_tunable_ones():
+    with pytest.raises(KeyError, match="tunable: attention_fwd"):
+        spaces.space("moe_route", "tvm", {}, "bf16", device.detect("cpu"))
