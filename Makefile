@@ -36,6 +36,8 @@ demo: $(STAMP)
 	$(VENV)/bin/hysparse info
 	$(PY) examples/demo.py
 	$(VENV)/bin/hysparse ir hysparse-80b-a3b --seq-len 32768
+	$(VENV)/bin/hysparse models
+	$(PY) -m hysparse_kernels.training.demo
 
 test: $(STAMP)
 	$(PYTEST) -m "not slow" tests
