@@ -69,7 +69,7 @@ class ModelConfig:
 
     def to_hf_config(self) -> dict:
         """``config.json`` values (MiMo's ``hybrid_layer_pattern`` too when there is no sparse layer)."""
-        out = {"model_type": "hysparse", "num_hidden_layers": len(self.layer_types)}
+        out = {"model_type": "hysparse", "_name_or_path": self.name, "num_hidden_layers": len(self.layer_types)}
         for f in dataclasses.fields(self):
             if f.name == "name":
                 continue
@@ -106,7 +106,7 @@ class ModelConfig:
             values["moe_layer_freq"] = [int(i >= first and (i - first) % n == 0) for i in range(len(values["layer_types"]))]
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
-        kwargs["name"] = name or values.get("name", "")
+        kwargs["name"] = name or values.get("name") or values.get("_name_or_path") or ""
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ IR
