@@ -48,6 +48,12 @@ def main() -> None:
         n = sum(len(generate(model, [p], args.new_tokens, temperature=temperature, generator=g)[0]) for p in prompts)
         return n / (time.perf_counter() - t0)
 
+    # Warm-up: the first call of each shape imports the backend and builds its kernels.
+    for temperature in (0.0, 1.0):
+        generate(model, [prompts[0]], 4, temperature=temperature, generator=torch.Generator().manual_seed(0))
+        for K in (1, 2, 3):
+            speculative_generate(model, prompts[0], 8, num_draft=K, temperature=temperature,
+                                 generator=torch.Generator().manual_seed(0))
     rows = []
     for temperature in (0.0, 1.0):
         plain_tps = statistics.median(plain_run(temperature, s) for s in range(args.repeats))

@@ -125,8 +125,14 @@ def test_topk_of_kernel_block_scores_never_selects_invisible_blocks():
 
 def test_float64_is_refused_with_a_clear_error():
     q, k, v, _ = inputs(1, 2, 2, 8, 8, 16, 16, torch.float64)
-    with pytest.raises(TypeError, match="q: the triton backend takes float16, bfloat16 or float32, got torch.float64"):
+    # dispatch knows the kernels' dtypes and refuses before launching
+    with pytest.raises(hk.BackendUnavailableError, match=r"kernels take .*float32.*got torch.float64; use backend='reference'"):
         hk.attention(q, k, v, backend="triton")
+    # and the launcher itself still refuses, for a caller that reaches it directly
+    from hysparse_kernels.ops.attention.triton import fwd
+
+    with pytest.raises(TypeError, match="q: the triton backend takes float16, bfloat16 or float32, got torch.float64"):
+        fwd.attention_fwd(q, k, v, None, True, None, 0.25)
 
 
 def test_block_size_below_16_is_refused():
