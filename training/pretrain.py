@@ -150,7 +150,7 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
             f.write(json.dumps(last) + "\n")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(lm=f"{float(lm):.3f}", mtp=f"{float(mtp_mean):.3f}")
+            bar.set_postfix(lm=f"{last['lm_loss']:.3f}", mtp=f"{float(mtp_mean.detach()):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint.save(out, step + 1, model, optimizer, stream.generator, {"model": graph.name})
     if bar is not None:
