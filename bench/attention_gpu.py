@@ -57,21 +57,9 @@ def parse_args(argv=None):
 
 def bench_ms(fn, warmup, iters):
     """Median wall time of ``fn`` in milliseconds (CUDA events, after ``warmup`` calls)."""
-    import torch
+    from hysparse_kernels.testing import cuda_median_ms
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    return cuda_median_ms(fn, warmup, iters)
 
 
 def calibrate(dtype):

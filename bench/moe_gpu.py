@@ -17,21 +17,12 @@ import torch
 import torch.nn.functional as F
 
 import hysparse_kernels as hk
+from hysparse_kernels.testing import cuda_median_ms
 
 
 def bench(fn, warmup=3, iters=10) -> float:
     """Median milliseconds of ``fn`` (CUDA events)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return cuda_median_ms(fn, warmup, iters)
 
 
 def peaks(dtype) -> tuple[float, float]:

@@ -41,3 +41,20 @@ def assert_close_to_reference(
             f"{name}: max |err| vs float64 reference {err:.3e} > {factor} x low-precision reference error "
             f"{base:.3e} + atol {atol:.1e} = {bound:.3e}"
         )
+
+
+def cuda_median_ms(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Median wall time of ``fn`` in milliseconds on the current CUDA device (CUDA events,
+    after ``warmup`` untimed calls). For the GPU benchmark scripts."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]

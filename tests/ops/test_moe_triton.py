@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import hysparse_kernels as hk
+
+from moe_data import moe_inputs
 from hysparse_kernels.backends import status
 from hysparse_kernels.ops.moe import reference as R
 from hysparse_kernels.testing import assert_close_to_reference
@@ -21,13 +23,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-12)]
 
 
-def _data(T, E, k, D, I, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, D, generator=g, dtype=torch.float64)
-    wgu = torch.randn(E, 2 * I, D, generator=g, dtype=torch.float64) / math.sqrt(D)
-    wd = torch.randn(E, D, I, generator=g, dtype=torch.float64) / math.sqrt(I)
-    w, ids = hk.route(torch.randn(T, E, generator=g), top_k=k, scoring="sigmoid", backend="reference")
-    return x, wgu, wd, w, ids
+_data = moe_inputs
 
 
 def _check_moe(shape, dtype, atol):

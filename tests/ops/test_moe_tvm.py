@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import hysparse_kernels as hk
+
+from moe_data import moe_inputs
 from hysparse_kernels import dispatch
 from hysparse_kernels.ops.moe import reference as R
 from hysparse_kernels.testing import assert_close_to_reference
@@ -18,13 +20,7 @@ TVM = "tvm"
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-12)]
 
 
-def _data(T, E, k, D, I, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, D, generator=g, dtype=torch.float64)
-    wgu = torch.randn(E, 2 * I, D, generator=g, dtype=torch.float64) / math.sqrt(D)
-    wd = torch.randn(E, D, I, generator=g, dtype=torch.float64) / math.sqrt(I)
-    w, ids = hk.route(torch.randn(T, E, generator=g), top_k=k, scoring="sigmoid", backend="reference")
-    return x, wgu, wd, w, ids
+_data = moe_inputs
 
 
 SHAPES = [
