@@ -146,3 +146,23 @@ def test_compile_tiny_model_forward():
         eager = model(ids)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(ids)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_model_computes_norm_rope_and_router_in_float64(monkeypatch):
+    """A float64 model stays float64 in the parts that run in at least float32 for low precision."""
+    from hysparse_kernels.models.layers import RMSNorm, rope_tables
+
+    x = torch.randn(2, 5, 64, dtype=torch.float64)
+    norm = RMSNorm(64).double()
+    expect = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    torch.testing.assert_close(norm(x), expect, rtol=1e-15, atol=1e-15)
+    cos, sin = rope_tables(torch.arange(7)[None], 16, 10000.0, torch.float64)
+    assert cos.dtype == sin.dtype == torch.float64
+    assert rope_tables(torch.arange(7)[None], 16, 10000.0, torch.bfloat16)[0].dtype == torch.float32
+
+    model = build_model("tiny-mimo-v2-flash").double()
+    moe = next(m for m in model.modules() if type(m).__name__ == "MoEBlock")
+    seen, real = [], hk.route
+    monkeypatch.setattr(hk, "route", lambda logits, **kw: seen.append(logits.dtype) or real(logits, **kw))
+    moe(torch.randn(1, 3, model.graph.hidden, dtype=torch.float64))
+    assert seen == [torch.float64]
