@@ -17,7 +17,6 @@ import os
 import pathlib
 import re
 import sys
-import time
 
 from hysparse_kernels import tuned
 
@@ -112,7 +111,7 @@ def cmd_tune(args) -> int:
     device = _device(args)
     backend = args.backend or ("triton" if device == "cuda" else "tvm")
     budget = parse_budget(args.budget)
-    deadline = time.monotonic() + budget
+    deadline = runner.clock() + budget
     dev = detect(device)
     dtype_name = tasks.DTYPE_NAMES[args.dtype]
     jobs = [(op, {**shape, "dtype": dtype_name}) for op, shape in _jobs(args, device, backend)]
@@ -142,8 +141,8 @@ def cmd_tune(args) -> int:
                     for _, _, g, _ in plan)
         bar = _progress(total, args.no_progress)
         for i, (op, shape, groups, row) in enumerate(plan):
-            now = time.monotonic()
-            if now > deadline:
+            now = runner.clock()
+            if now >= deadline:
                 rows.append({**row, "status": "not started (budget)"})
                 continue
             # An even share of what is left, so one slow bucket cannot starve the others (time a

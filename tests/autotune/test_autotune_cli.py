@@ -1,4 +1,7 @@
-"""`hysparse autotune` end to end on the CPU (TVM backend, tiny shapes, tiny budget)."""
+"""`hysparse autotune` end to end on the CPU (TVM backend, tiny shapes, tiny budget).
+
+The tuner's budget clock is a fake one here (``clock``): it stands still unless a test moves it,
+so the machine's speed and load never decide whether a budget runs out."""
 
 import argparse
 import json
@@ -15,6 +18,25 @@ pytest.importorskip("tvm", reason="apache-tvm is not installed")
 
 MODEL = ["--model", "tiny-mimo-7b", "--ops", "attention", "--seq-lens", "64", "--dtype", "fp32",
          "--max-candidates", "1", "--reps", "1", "--budget", "5m", "--no-progress"]
+
+
+class FakeClock:
+    """``runner.clock`` stand-in: ``t`` seconds, moved only by the test."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    from hysparse_kernels.autotune import runner
+
+    fake = FakeClock()
+    monkeypatch.setattr(runner, "clock", fake)
+    return fake
 
 
 def _files(cache):
@@ -177,11 +199,39 @@ def test_ctrl_c_saves_the_best_so_far_and_resume_finishes(cache, monkeypatch, ca
     assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 4
 
 
-def test_budget_running_out_mid_bucket_saves_it_as_partial(cache, capsys):
-    # A shape no other test builds: building its first kernel alone outlasts the half-second budget.
-    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=3,Hkv=1,S=24,D=24", "--dtype", "fp32",
+def test_budget_running_out_mid_bucket_saves_it_as_partial(cache, capsys, monkeypatch, clock):
+    from hysparse_kernels.autotune import runner
+
+    real = runner.time_cpu
+
+    def one_second_per_timing(fn, reps=5):
+        ms = real(fn, reps)
+        clock.t += 1.0  # each timing uses up two half-second budgets: the bucket stops after the heuristic
+        return ms
+
+    monkeypatch.setattr(runner, "time_cpu", one_second_per_timing)
+    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=32,D=16", "--dtype", "fp32",
             "--budget", "0.5s", "--reps", "1", "--no-plots", "--no-progress"]
     assert main(args) == 0
     assert "partial (budget)" in capsys.readouterr().out
     (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
     assert not entry["complete"] and entry["config"] == entry["heuristic"]
+    assert len(entry["candidates"]) == 1  # the heuristic only: no candidate started after the budget ran out
+
+
+def test_a_budget_that_lasts_finishes_every_bucket_whatever_the_machine_speed(cache, capsys, monkeypatch, clock):
+    from hysparse_kernels.autotune import runner
+
+    real = runner.time_cpu
+
+    def a_little_time_per_timing(fn, reps=5):
+        clock.t += 0.01
+        return real(fn, reps)
+
+    monkeypatch.setattr(runner, "time_cpu", a_little_time_per_timing)
+    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=32,D=16", "--dtype", "fp32",
+            "--budget", "10s", "--max-candidates", "2", "--reps", "1", "--no-plots", "--no-progress"]
+    assert main(args) == 0
+    assert "partial" not in capsys.readouterr().out
+    (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
+    assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 3
