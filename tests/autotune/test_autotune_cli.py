@@ -1,7 +1,7 @@
 """`hysparse autotune` end to end on the CPU (TVM backend, tiny shapes, tiny budget).
 
-The tuner's budget clock is a fake one here (``clock``): it stands still unless a test moves it,
-so the machine's speed and load never decide whether a budget runs out."""
+The tuner's budget clock is a fake one here (``clock`` in conftest.py): it stands still unless a
+test moves it, so the machine's speed and load never decide whether a budget runs out."""
 
 import argparse
 import json
@@ -18,25 +18,6 @@ pytest.importorskip("tvm", reason="apache-tvm is not installed")
 
 MODEL = ["--model", "tiny-mimo-7b", "--ops", "attention", "--seq-lens", "64", "--dtype", "fp32",
          "--max-candidates", "1", "--reps", "1", "--budget", "5m", "--no-progress"]
-
-
-class FakeClock:
-    """``runner.clock`` stand-in: ``t`` seconds, moved only by the test."""
-
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(autouse=True)
-def clock(monkeypatch):
-    from hysparse_kernels.autotune import runner
-
-    fake = FakeClock()
-    monkeypatch.setattr(runner, "clock", fake)
-    return fake
 
 
 def _files(cache):
