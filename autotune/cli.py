@@ -80,8 +80,25 @@ def run(args) -> int:
                     "clear": cmd_clear}[args.action](args)
         return cmd_tune(args)
     except (ValueError, KeyError, tuned.TunerBusyError) as e:
-        print(f"hysparse autotune: error: {e}", file=sys.stderr)
+        print(f"hysparse autotune: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"hysparse autotune: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file error; for the tuned-config cache, how to pick another one."""
+    where = e.filename or ""
+    text = f"{where}: {e.strerror or e}" if where else str(e)
+    root = tuned.cache_root()
+    try:
+        in_cache = bool(where) and pathlib.Path(where).resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError):
+        in_cache = False
+    if in_cache:
+        text += f" (the tuned-config cache {root} must be writable: pass --cache DIR or set {tuned.ENV_CACHE})"
+    return text
 
 
 # ---------------------------------------------------------------- tuning
@@ -286,9 +303,15 @@ def cmd_import(args) -> int:
     device = _device(args)
     key = tuned.device_key(device)
     folder = pathlib.Path(args.target)
+    if not folder.is_dir():
+        raise ValueError(f"import: expected a folder written by `hysparse autotune export`, got {str(folder)!r} "
+                         f"({'not a folder' if folder.exists() else 'does not exist'})")
     folder = folder / key if (folder / key).is_dir() else folder
+    found = _op_files(folder)
+    if not found:
+        raise ValueError(f"import: no tuned-config files (*.json) for device {key} in {folder}")
     n = skipped = 0
-    for path in _op_files(folder):
+    for path in found:
         try:
             data = json.loads(path.read_text())
         except ValueError as e:

@@ -213,6 +213,8 @@ def load_pretrained(path, name: str | None = None, *, dtype=None) -> HybridLM:
     load its weights: all of them or none. The model takes the checkpoint's floating dtype
     (bit-exact), or ``dtype`` when given."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint (expected a folder or a .safetensors file)")
     if name is not None:
         graph = ir.get_graph(name)
     else:

@@ -216,3 +216,78 @@ def test_a_budget_that_lasts_finishes_every_bucket_whatever_the_machine_speed(ca
     assert "partial" not in capsys.readouterr().out
     (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
     assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 3
+
+
+@pytest.fixture
+def read_only(cache, monkeypatch):
+    """Make the tuned-config cache behave like a read-only filesystem: every write under it
+    fails with EROFS. Simulated at the ``os`` layer, since root (the test machines' user)
+    ignores permission bits."""
+    import errno
+    import os
+
+    root = str(cache)
+
+    def under(path) -> bool:
+        return not isinstance(path, int) and os.path.abspath(os.fsdecode(path)).startswith(root)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def ro_open(path, flags, *args, **kwargs):
+        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def ro_mkdir(path, *args, **kwargs):
+        if under(path):
+            if os.path.exists(path):
+                raise FileExistsError(errno.EEXIST, "File exists", os.fsdecode(path))
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def ro(real):
+        return lambda path, *args, **kwargs: refuse(path) if under(path) else real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
+    for name in ("unlink", "remove", "replace", "rename", "rmdir"):
+        monkeypatch.setattr(os, name, ro(getattr(os, name)))
+    return cache
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_read_only_cache_is_a_one_line_error_for_tune_clear_and_import(cache, tmp_path, capsys, request):
+    path = tuned.store("moe_fwd", backend="tvm", shape={"tokens": 4, "hidden": 8, "experts": 2, "top_k": 1,
+                                                         "intermediate": 8}, config={"mt": 64})
+    assert main(["autotune", "export", str(tmp_path / "out")]) == 0
+    before = path.read_text()
+    capsys.readouterr()
+    request.getfixturevalue("read_only")
+
+    assert main(["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=16,D=16", "--no-progress"]) == 2
+    _one_line_error(capsys, "Read-only file system", "must be writable: pass --cache DIR or set HYSPARSE_CACHE")
+    assert main(["autotune", "clear"]) == 2
+    _one_line_error(capsys, "Read-only file system", "must be writable")
+    assert main(["autotune", "import", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "Read-only file system", "must be writable")
+    assert path.read_text() == before  # nothing lost, nothing half-written
+    assert main(["autotune", "list"]) == 0 and "moe_fwd" in capsys.readouterr().out  # reading still works
+
+
+def test_import_of_a_missing_or_empty_folder_is_an_error(tmp_path, capsys):
+    assert main(["autotune", "import", str(tmp_path / "nonexistent")]) == 2
+    _one_line_error(capsys, "import: expected a folder", "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert main(["autotune", "import", str(tmp_path / "empty")]) == 2
+    _one_line_error(capsys, "import: no tuned-config files (*.json)")

@@ -166,3 +166,18 @@ def test_float64_model_computes_norm_rope_and_router_in_float64(monkeypatch):
     monkeypatch.setattr(hk, "route", lambda logits, **kw: seen.append(logits.dtype) or real(logits, **kw))
     moe(torch.randn(1, 3, model.graph.hidden, dtype=torch.float64))
     assert seen == [torch.float64]
+
+
+def test_generate_names_token_ids_outside_the_vocabulary():
+    from hysparse_kernels.models.speculative import speculative_generate
+
+    model = build_model("tiny-mimo-v2-flash")
+    vocab = model.graph.vocab
+    with pytest.raises(ValueError, match=rf"prompts\[1\]: expected token ids in \[0, {vocab}\) .*got \[{vocab}\]"):
+        generate(model, [[1, 2], [3, vocab]], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"prompts\[0\]: expected token ids .*got \[-1\]"):
+        generate(model, [[-1]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 0, got -1"):
+        generate(model, [[1]], max_new_tokens=-1)
+    with pytest.raises(ValueError, match=rf"prompt: expected token ids in \[0, {vocab}\)"):
+        speculative_generate(model, [5, 10 ** 6], max_new_tokens=2)
