@@ -21,6 +21,10 @@ a value is not published it is an assumption, listed in the graph's ``notes`` an
 * mimo-v2-flash: the published ``hybrid_layer_pattern`` (layer 0 global, 4 SWA, then 5 SWA : 1
   global, last layer global: 9 global, 39 SWA); MTP blocks are SWA with a dense FFN of 16384
   (3 of them, not listed in config.json: the model card's figure), stored with MiMo-V2's names.
+  The SWA window is 129 in the zoo's convention (the query and the 128 keys before it):
+  config.json's ``sliding_window_size: 128`` counts the keys before the query, as its SGLang
+  reference and transformers' implementation read it (vLLM's MiMo-V2 code passes 128 as a window
+  that includes the query, one key fewer); a test checks our logits against transformers'.
 * mimo-7b: the published config.json (Qwen2 attention with qkv bias, rope_theta 640,000, vocab
   151680, RMSNorm epsilon 1e-5) and one full-attention MTP block with MiMo-7B's names and
   concat order.
@@ -86,7 +90,8 @@ def mimo_v2_flash(*, tiny: bool = False) -> ModelGraph:
                              rope_theta=5e6)
         swa = AttentionDims(q_heads=64, kv_heads=8, qk_dim=192, v_dim=128, rope_dim=64, value_scale=0.707,
                             rope_theta=1e4)
-        window, dense, moe = 128, Dense(16384), MoE(256, 8, 2048, scoring="sigmoid", correction_bias=True)
+        # 129: the query and the 128 keys before it (config.json's sliding_window 128 counts the keys before it)
+        window, dense, moe = 129, Dense(16384), MoE(256, 8, 2048, scoring="sigmoid", correction_bias=True)
         mtp_layers, name = 3, "mimo-v2-flash"
     kinds = ["F" if p == 0 else "W" for p in pattern]
     ffn = [dense] + [moe] * (len(kinds) - 1)
@@ -95,6 +100,7 @@ def mimo_v2_flash(*, tiny: bool = False) -> ModelGraph:
     return build_graph(kinds, hidden=h, vocab=v, attention={"F": full, "W": swa}, ffn=ffn,
                        patterns={"F": Full(), "W": swa_pattern}, mtp=mtp, norm_eps=1e-5, name=name,
                        notes=("layer pattern, head geometry and rope thetas from the published config.json",
+                              "SWA window 129 = the query + config.json's 128 keys before it",
                               "3 MTP blocks (SWA, dense FFN): the model card's figure, not in config.json"))
 
 

@@ -210,8 +210,9 @@ def flash_weights():
 def flash_mtp_reference(w, h, ids):
     """MiMo-V2-Flash's chained MTP blocks: block k at position i takes the previous depth's hidden
     h_i and emb(t_{i+k}): ``eh_proj(concat(enorm(emb), hnorm(h)))``, an SWA attention with sinks
-    (SWA heads, swa_rope_theta, partial RoPE, V scaled by 0.707), ``pre_mlp_layernorm``, the dense
-    MLP, ``final_layernorm``, the shared head. Returns each block's logits [S-k, V]."""
+    (SWA heads, swa_rope_theta, partial RoPE, V scaled by 0.707; the query sees itself and the
+    ``sliding_window_size`` keys before it), ``pre_mlp_layernorm``, the dense MLP,
+    ``final_layernorm``, the shared head. Returns each block's logits [S-k, V]."""
     S = ids.shape[0]
     out = []
     for k in (1, 2):
@@ -221,7 +222,7 @@ def flash_mtp_reference(w, h, ids):
         x = torch.cat([rms_norm(emb, w[f"{m}enorm.weight"], 1e-5), rms_norm(h, w[f"{m}hnorm.weight"], 1e-5)], -1)
         x = x @ w[f"{m}eh_proj.weight"].T
         x = x + attention(rms_norm(x, w[f"{m}input_layernorm.weight"], 1e-5), w, f"{m}self_attn.", torch.arange(S - k),
-                          theta=10000.0, rope_dim=ROPE, heads=H, kv_heads=HKV, hd=QK, vd=HD, bias=False, window=W,
+                          theta=10000.0, rope_dim=ROPE, heads=H, kv_heads=HKV, hd=QK, vd=HD, bias=False, window=W + 1,
                           sink=w[f"{m}self_attn.attention_sink_bias"], v_scale=0.707)
         x = x + swiglu(rms_norm(x, w[f"{m}pre_mlp_layernorm.weight"], 1e-5), w, f"{m}mlp.")
         out.append(rms_norm(x, w[f"{m}final_layernorm.weight"], 1e-5) @ w["lm_head.weight"].T)
@@ -234,6 +235,7 @@ def test_mimo_v2_flash_mtp_checkpoint_layout(tmp_path):
     write_checkpoint(tmp_path / "flash", FLASH_CONFIG, w)
     model = load_pretrained(tmp_path / "flash").eval()
     assert model.graph.mtp.layout == "mimo-v2" and model.graph.layers[1].rope_dim == ROPE
+    assert model.graph.mtp.pattern.window == W + 1
     ids = torch.tensor([9, 1, 33, 60, 4, 4, 18, 27, 50, 12, 7, 45, 3, 39])
     with torch.no_grad():
         hidden = model.hidden_states(ids[None])

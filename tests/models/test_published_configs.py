@@ -29,7 +29,8 @@ def test_mimo_v2_flash_config_json_is_the_preset():
     assert g == preset  # layers (patterns, heads, dims, rope thetas, FFNs), MTP, vocab, hidden, norm eps
     full, swa = g.layers[0], g.layers[1]
     assert (full.pattern.kind, full.rope_theta, full.kv_heads, full.rope_dim) == ("full", 5_000_000.0, 4, 64)
-    assert (swa.pattern.kind, swa.rope_theta, swa.kv_heads, swa.pattern.window, swa.pattern.sink) == ("swa", 10_000.0, 8, 128, True)
+    # sliding_window 128 counts the keys before the query: the zoo's window (query included) is 129
+    assert (swa.pattern.kind, swa.rope_theta, swa.kv_heads, swa.pattern.window, swa.pattern.sink) == ("swa", 10_000.0, 8, 129, True)
     assert sum(layer.pattern.kind == "full" for layer in g.layers) == 9
     moe = g.layers[1].ffn
     assert (moe.shared_experts, moe.routed_scaling, moe.correction_bias, moe.renormalize) == (0, 1.0, True, True)
