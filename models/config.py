@@ -277,12 +277,13 @@ class ModelConfig:
             raise ValueError(f"config.sliding_window_size: expected the same window as sliding_window "
                              f"({values['sliding_window']}), got {values['sliding_window_size']}")
         values.setdefault("sliding_window", values.get("sliding_window_size"))
-        if model_type == "mimo_v2_flash" and "hybrid_layer_pattern" in config and "sliding_window" in values:
-            # MiMo-V2's own config.json counts the keys *before* the query (its SGLang reference,
-            # and transformers' port, attend to sliding_window_size previous tokens plus the query);
-            # the zoo's window counts the query too. transformers' own format (layer_types) already does.
-            _int("sliding_window", values["sliding_window"])
-            values["sliding_window"] += 1
+        if model_type in ("mimo_v2_flash", "mimo_v2") and "sliding_window_size" in values:
+            # MiMo-V2's own config.json counts the keys *before* the query (its SGLang reference and
+            # transformers' port attend to sliding_window_size previous tokens plus the query); the
+            # zoo's window counts the query too. Configs without sliding_window_size (ours,
+            # transformers' format) already count it.
+            _int("sliding_window_size", values["sliding_window_size"])
+            values["sliding_window"] = values["sliding_window_size"] + 1
         if values.get("use_sliding_window") is False and "sliding_attention" not in values["layer_types"]:
             values.pop("sliding_window", None)  # Qwen2 records a window it does not use
         known = {f.name for f in dataclasses.fields(cls)}

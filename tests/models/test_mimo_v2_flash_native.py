@@ -70,3 +70,9 @@ def test_logits_agree_with_the_transformers_implementation(tmp_path):
     # float32 (theirs) against float64 (ours): a few float32 roundings of logits of size ~10
     assert a.abs().max() > 1
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # transformers' class stays registered for the type; ours loads the same folder when asked by name.
+    from hysparse_kernels.models.hf import MiMoV2FlashForCausalLM
+
+    mine = MiMoV2FlashForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(mine(ids).logits, a)
