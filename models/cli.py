@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 
 from hysparse_kernels import ir
-from hysparse_kernels.ir.passes import DTYPE_BYTES
+from hysparse_kernels.ir.passes import DTYPE_ALIASES, DTYPE_BYTES
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--seq-len", type=int, default=32768, help="context length for the KV bytes (default 32768)")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="KV cache dtype (default bfloat16)")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES) + sorted(DTYPE_ALIASES),
+                        help="KV cache dtype (default bfloat16; fp8 = float8_e4m3fn)")
     parser.add_argument("--names", metavar="MODEL", default=None,
                         help="print the checkpoint tensor names and shapes of MODEL (a zoo name or a config.json)")
 
