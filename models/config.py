@@ -289,7 +289,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         ignored = sorted(k for k in values if k not in known and k not in BOOKKEEPING_KEYS and not k.startswith("_"))
         if ignored:
-            log.info("config.json: ignoring keys the model does not use: %s", ", ".join(ignored))
+            log.warning("config.json: ignoring keys the model does not use: %s", ", ".join(ignored))
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known and v is not None}
         kwargs["name"] = name or config.get("name") or config.get("_name_or_path") or ""
         return cls(**kwargs)
