@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(module.run(args) or 0)
+    except BrokenPipeError:  # the reader went away (`hysparse models --names M | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except USER_ERRORS as exc:
         print(f"hysparse {name}: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -58,11 +58,11 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     last = []
     for b, prompt in enumerate(prompts):
         ids = torch.tensor([prompt], device=device)
-        last.append(model(ids, cache=cache.select(b))[:, -1])
-    logits = torch.cat(last)
+        last.append(model.hidden_states(ids, cache=cache.select(b))[:, -1])
+    logits = model.logits(torch.cat(last))  # [B, vocab]: only the last position of each prompt
     out = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tok = sample(logits, temperature, top_p, generator)
         for b in range(B):
             if not done[b]:
@@ -71,5 +71,6 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
             done |= tok == eos
             if bool(done.all()):
                 break
-        logits = model(tok[:, None], cache=cache)[:, -1]
+        if step + 1 < max_new_tokens:  # the last token needs no forward of its own
+            logits = model.logits(model.hidden_states(tok[:, None], cache=cache)[:, -1])
     return out

@@ -14,7 +14,10 @@ floating dtype, so the round trip is bit-exact.
 
 Names: the module tree already uses HF names (``model.layers.{i}.self_attn.q_proj.weight``, ...);
 MoE experts are stacked in memory and split per expert on disk
-(``model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight``).
+(``model.layers.{i}.mlp.experts.{e}.{gate,up,down}_proj.weight``), and MiMo-7B's MTP blocks,
+``model.mtp.layers.{k}`` in memory, are ``model.mtp_layers.{k}`` on disk. ``hf_names(model)`` lists
+the names a checkpoint of the model holds (``hysparse models --names MODEL`` prints them), so a
+published checkpoint's index can be checked against a model built on the meta device.
 """
 
 from __future__ import annotations
@@ -37,19 +40,29 @@ INDEX = "model.safetensors.index.json"
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 _STACKED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 _PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_MTP_IN_MEMORY, _MTP_MIMO = "model.mtp.layers.", "model.mtp_layers."
 
-__all__ = ["CheckpointError", "to_hf_state_dict", "from_hf_state_dict", "save_pretrained", "load_tensors", "load_pretrained"]
+__all__ = ["CheckpointError", "to_hf_state_dict", "from_hf_state_dict", "hf_names", "save_pretrained", "load_tensors",
+           "load_pretrained"]
 
 
-def to_hf_state_dict(model: HybridLM) -> dict[str, Tensor]:
-    """The model's tensors under Hugging Face names (experts split, tied head dropped)."""
+def _disk_name(name: str, graph) -> str:
+    """A module-tree name -> the checkpoint's name (only MiMo-7B's MTP prefix differs)."""
+    if graph.mtp is not None and graph.mtp.layout == "mimo" and name.startswith(_MTP_IN_MEMORY):
+        return _MTP_MIMO + name[len(_MTP_IN_MEMORY):]
+    return name
+
+
+def to_hf_state_dict(model, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The model's tensors (or ``state``, a state dict of the model) under Hugging Face names
+    (experts split, tied head dropped, MTP blocks where the layout stores them)."""
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state is None else state).items():
         if name == "lm_head.weight" and model.graph.tie_embeddings:
             continue
         m = _STACKED.match(name)
         if m is None:
-            out[name] = t
+            out[_disk_name(name, model.graph)] = t
             continue
         prefix, kind = m.groups()
         for e in range(t.shape[0]):
@@ -62,11 +75,20 @@ def to_hf_state_dict(model: HybridLM) -> dict[str, Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def from_hf_state_dict(tensors: dict[str, Tensor], model: HybridLM) -> dict[str, Tensor]:
+def hf_names(model) -> list[str]:
+    """The tensor names a checkpoint of ``model`` holds, sorted (works on the meta device)."""
+    return sorted(to_hf_state_dict(model))
+
+
+def from_hf_state_dict(tensors: dict[str, Tensor], model) -> dict[str, Tensor]:
     """Hugging Face names -> the model's state dict (experts stacked); checks keys and shapes."""
     expected = to_hf_state_dict(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
+    scales = [k for k in unexpected if k.endswith(".weight_scale_inv")]
+    if scales:
+        raise CheckpointError(f"the checkpoint is FP8 block-quantized ({len(scales)} tensors like {scales[0]}): "
+                              f"dequantize it to bfloat16 first (each weight block times its weight_scale_inv)")
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint keys do not match the model: missing {len(missing)} {missing[:8]}, "
@@ -80,10 +102,11 @@ def from_hf_state_dict(tensors: dict[str, Tensor], model: HybridLM) -> dict[str,
             kind = "a floating-point" if want.is_floating_point else str(want).removeprefix("torch.")
             raise CheckpointError(f"{name}: expected {kind} tensor, got {str(t.dtype).removeprefix('torch.')}")
     state, experts = {}, {}
+    memory_name = {_disk_name(name, model.graph): name for name in model.state_dict()}
     for name, t in tensors.items():
         m = _PER_EXPERT.match(name)
         if m is None:
-            state[name] = t
+            state[memory_name[name]] = t
         else:
             experts[(m.group(1), int(m.group(2)), m.group(3))] = t
     for name, ref in model.state_dict().items():
@@ -106,14 +129,16 @@ def _ours(name: str) -> bool:
     return name in (CONFIG, SINGLE, INDEX) or bool(_SHARD.match(name))
 
 
-def save_pretrained(model: HybridLM, directory, *, max_shard_bytes: int | None = None) -> Path:
+def save_pretrained(model, directory, *, max_shard_bytes: int | None = None, state: dict | None = None) -> Path:
     """Write ``config.json`` and the weights (sharded when over ``max_shard_bytes``) to ``directory``.
 
+    ``model``: a ``HybridLM`` (or the ``transformers`` class of ``models.hf``); ``state``: its
+    tensors to write when not its own (a state dict with the model's names).
     The checkpoint is written into a new folder that replaces ``directory`` in one step: an
     interrupted save leaves the previous checkpoint there, whole.
     """
     directory = Path(directory)
-    tensors = to_hf_state_dict(model)
+    tensors = to_hf_state_dict(model, state)
     shards, current, size = [], {}, 0
     for name in sorted(tensors):
         nbytes = tensors[name].numel() * tensors[name].element_size()
@@ -208,25 +233,28 @@ def _checkpoint_dtype(tensors: dict[str, Tensor]) -> torch.dtype:
     return dtype or torch.float32
 
 
-def load_pretrained(path, name: str | None = None, *, dtype=None) -> HybridLM:
+def read_graph(path) -> ir.ModelGraph:
+    """The graph of a checkpoint's ``config.json`` (``path``: the folder or a file in it)."""
+    path = Path(path)
+    cfg_path = (path if path.is_dir() else path.parent) / CONFIG
+    if not cfg_path.exists():
+        raise CheckpointError(f"{cfg_path}: missing; pass name= to pick a zoo model")
+    try:
+        return ModelConfig.from_hf_config(json.loads(cfg_path.read_text())).to_graph()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: not a usable model config ({type(exc).__name__}: {exc})") from exc
+
+
+def load_pretrained(path, name: str | None = None, *, dtype=None, build=None):
     """Build the model (from ``config.json`` in Hugging Face terms, or the zoo flavor ``name``) and
     load its weights: all of them or none. The model takes the checkpoint's floating dtype
-    (bit-exact), or ``dtype`` when given."""
+    (bit-exact), or ``dtype`` when given. ``build``: ``graph -> model`` (default ``HybridLM``)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint (expected a folder or a .safetensors file)")
-    if name is not None:
-        graph = ir.get_graph(name)
-    else:
-        cfg_path = (path if path.is_dir() else path.parent) / CONFIG
-        if not cfg_path.exists():
-            raise CheckpointError(f"{cfg_path}: missing; pass name= to pick a zoo model")
-        try:
-            graph = ModelConfig.from_hf_config(json.loads(cfg_path.read_text())).to_graph()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{cfg_path}: not a usable model config ({type(exc).__name__}: {exc})") from exc
+    graph = ir.get_graph(name) if name is not None else read_graph(path)
     tensors = load_tensors(path)
-    model = HybridLM(graph).to(_checkpoint_dtype(tensors))
+    model = (build or HybridLM)(graph).to(_checkpoint_dtype(tensors))
     state = from_hf_state_dict(tensors, model)
     model.load_state_dict(state, strict=True)
     return model.to(dtype) if dtype is not None else model

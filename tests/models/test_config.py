@@ -23,7 +23,7 @@ def test_mimo_v2_flash_keys():
     assert (hf["num_attention_heads"], hf["num_key_value_heads"]) == (64, 4)
     assert (hf["swa_num_attention_heads"], hf["swa_num_key_value_heads"]) == (64, 8)
     assert (hf["head_dim"], hf["v_head_dim"], hf["partial_rotary_factor"]) == (192, 128, 64 / 192)
-    assert hf["sliding_window"] == 128 and hf["add_swa_attention_sink_bias"] is True
+    assert hf["sliding_window"] == 129 and hf["add_swa_attention_sink_bias"] is True  # the zoo's window: query included
     assert (hf["n_routed_experts"], hf["num_experts_per_tok"], hf["moe_intermediate_size"]) == (256, 8, 2048)
     assert hf["scoring_func"] == "sigmoid" and hf["topk_method"] == "noaux_tc"
     assert hf["moe_layer_freq"][0] == 0 and all(hf["moe_layer_freq"][1:])
