@@ -30,7 +30,7 @@ CASES = {
     "window-noncausal": (lambda: hk.attention(q, k, v, window=4, causal=False), ValueError, r"window: a sliding window needs causal=True"),
     "sink-shape": (lambda: hk.attention(q, k, v, sink=torch.zeros(2)), ValueError, r"sink: expected one value per query head, Hq = 4, got 2"),
     "sink-dtype": (lambda: hk.attention(q, k, v, sink=torch.zeros(4, dtype=torch.int32)), TypeError, r"sink: expected a floating dtype"),
-    "scale": (lambda: hk.attention(q, k, v, scale=-1.0), ValueError, r"scale: expected a positive number, got -1.0"),
+    "scale": (lambda: hk.attention(q, k, v, scale=-1.0), ValueError, r"scale: expected a positive finite number, got -1.0"),
     "backend-name": (lambda: hk.attention(q, k, v, backend="cuda"), ValueError, r"backend: expected one of .* got 'cuda'"),
     "block-size": (lambda: hk.attention_with_block_scores(q, k, v, block_size=48), ValueError, r"block_size: expected a power of two, got 48"),
     "topk-k": (lambda: hk.topk_blocks(torch.rand(1, 2, 8, 1), 0, block_size=64, seqlen_k=8), ValueError, r"k: expected a positive int, got 0"),

@@ -31,17 +31,30 @@ def _check_qkv(q, k, v) -> None:
     checks.dim_equal("v", v.shape[1], k.shape[1], "kv heads (k.shape[1])")
     checks.dim_equal("v", v.shape[2], k.shape[2], "kv length (k.shape[2])")
     checks.dim_equal("k", k.shape[3], Dqk, "head dim Dqk (q.shape[3])")
+    checks.nonzero_dim("q", Dqk, "head dim Dqk (q.shape[3])")
+    checks.nonzero_dim("v", v.shape[3], "head dim Dv (v.shape[3])")
     if k.shape[1] == 0 or Hq % k.shape[1]:
         raise ValueError(f"k: expected kv heads dividing the {Hq} query heads (GQA), got {k.shape[1]}")
 
 
 def _check_sink(sink, q) -> None:
+    # Values (+inf is rejected) are checked inside the ops, at run time.
     if sink is None:
         return
     checks.tensor("sink", sink, 1, "[Hq]")
     checks.floating("sink", sink)
     checks.dim_equal("sink", sink.shape[0], q.shape[1], "one value per query head, Hq")
     checks.same_device("sink", sink, "q", q)
+
+
+def _check_indices(indices, q, k) -> None:
+    # Values ([-1, ceil(Sk / block_size))) are checked inside the ops, at run time.
+    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
+    checks.integer("indices", indices)
+    checks.same_device("indices", indices, "q", q)
+    B, Hkv, Sq = k.shape[0], k.shape[1], q.shape[2]
+    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
+        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
 
 
 def _scale(scale, q) -> float:
@@ -140,12 +153,7 @@ def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, 
     _check_qkv(q, k, v)
     _check_sink(sink, q)
     checks.power_of_two("block_size", block_size)
-    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
-    checks.integer("indices", indices)
-    checks.same_device("indices", indices, "q", q)
-    B, Hkv, Sq = k.shape[0], k.shape[1], q.shape[2]
-    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
-        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
+    _check_indices(indices, q, k)
     out, lse = ops.sparse_attention_fwd(
         q, k, v, indices, block_size, sink, _scale(scale, q), _backend(backend)
     )
@@ -193,11 +201,7 @@ def sparse_attention_decode(
     _check_sink(sink, q)
     _check_seqlens(cache_seqlens, q)
     checks.power_of_two("block_size", block_size)
-    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
-    checks.integer("indices", indices)
-    B, Hkv, Sq = k_cache.shape[0], k_cache.shape[1], q.shape[2]
-    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
-        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
+    _check_indices(indices, q, k_cache)
     out, lse = ops.sparse_attention_decode(
         q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, _scale(scale, q), _backend(backend)
     )

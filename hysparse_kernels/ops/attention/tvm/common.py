@@ -29,7 +29,8 @@ def fast_exp(x):
     """exp(x) for a float32 TIR expression, built from ops that vectorise (floor, fma, shifts).
 
     LLVM lowers ``tirx.exp`` on a vector to one libm call per lane; this stays in SIMD registers.
-    Exactly 0 for x < -87 (masked entries), accurate to about 1 ulp elsewhere.
+    Exactly 0 for x < -87 (masked entries), accurate to about 1 ulp elsewhere, NaN for NaN (the
+    clamp below would turn a NaN into a finite number: a NaN logit must reach the output).
     """
     xc = tirx.min(tirx.max(x, f32(EXP_LO)), f32(88.0))
     n = tirx.floor(xc * f32(_LOG2E) + f32(0.5))
@@ -40,7 +41,7 @@ def fast_exp(x):
     y = y * r * r + r + f32(1.0)
     # 2^n through the exponent bits: (n + 127) << 23 reinterpreted as float32.
     pow2 = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
-    return tirx.Select(x < f32(EXP_LO), f32(0.0), y * pow2)
+    return tirx.Select(x < f32(EXP_LO), f32(0.0), tirx.Select(tirx.isnan(x), x, y * pow2))
 
 
 def vec_width(n: int, widths=(16, 8, 4, 2, 1)) -> int:

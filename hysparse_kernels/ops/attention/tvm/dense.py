@@ -110,7 +110,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
             Red = T.alloc_buffer((VL,), "float32", scope=SCOPE)  # vector partials of a row reduction
             Sc = T.alloc_buffer((4,), "float32", scope=SCOPE)  # scalars
             Creg = T.alloc_buffer((CR,), "float32", scope=SCOPE)  # register tile (promoted to SIMD registers)
-            Ib = T.alloc_buffer((2,), "int32", scope=SCOPE)  # KV tile range
+            Ib = T.alloc_buffer((3,), "int32", scope=SCOPE)  # KV tile range / tile seen whole by every row
             nqb = T.ceildiv(Sq, BM)
             b = task // (Hkv * nqb)
             hk = task // nqb % Hkv
@@ -178,22 +178,43 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                         Red[l] = f32(0.0)
                     for jo in range(BN // VL):
                         for l in VEC(VL):
-                            Ss[r, jo * VL + l] = T.Select(Ss[r, jo * VL + l] > NEGC, fast_exp(Ss[r, jo * VL + l] - Sc[1]), f32(0.0))
+                            # masked -> 0; a NaN logit stays NaN (float comparisons are ordered: NaN == x is false)
+                            Ss[r, jo * VL + l] = T.Select(Ss[r, jo * VL + l] == NEGC, f32(0.0), fast_exp(Ss[r, jo * VL + l] - Sc[1]))
                             Red[l] = Red[l] + Ss[r, jo * VL + l]
                     Sc[2] = f32(0.0)
                     for l in range(VL):
                         Sc[2] = Sc[2] + Red[l]
                     Ls[r] = Ls[r] * Al[r] + Sc[2]
                 # Acc = Acc * alpha + P @ V  ([R, BN] @ [BN, Dv] -> [R, Dv]); register tile RT x EV.
+                # A masked key has P = 0, but 0 * NaN (or inf) in its V row would still be NaN: in a
+                # tile that some row sees only in part (the causal diagonal, the window's first
+                # tile), V is selected to 0 where the row cannot see the key. Keys past the end
+                # are zero padding in Vp, so every other tile multiplies plainly.
+                Ib[2] = 1
+                if CAUSAL:
+                    if T.min(j0 + BN, L) - 1 > L - Sq + q0:
+                        Ib[2] = 0
+                if WIN:
+                    if j0 <= L - Sq + T.min(q0 + BM, Sq) - 1 - window:
+                        Ib[2] = 0
                 for ro in range(R // RT):
                     for eo in range(DV // EV):
                         for ri in T.unroll(RT):
                             for ei in VEC(EV):
                                 Creg[ri * EV + ei] = Acc[ro * RT + ri, eo * EV + ei] * Al[ro * RT + ri]
-                        for j in range(BN):
-                            for ri in T.unroll(RT):
-                                for ei in VEC(EV):
-                                    Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * Vp[b, hk, j0 + j, eo * EV + ei]
+                        if Ib[2] == 1:
+                            for j in range(BN):
+                                for ri in T.unroll(RT):
+                                    for ei in VEC(EV):
+                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * Vp[b, hk, j0 + j, eo * EV + ei]
+                        else:
+                            for j in range(BN):
+                                for ri in T.unroll(RT):
+                                    for ei in VEC(EV):
+                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * T.Select(
+                                            (not CAUSAL or j0 + j <= L - Sq + q0 + (ro * RT + ri) % BM)
+                                            and (not WIN or j0 + j > L - Sq + q0 + (ro * RT + ri) % BM - window),
+                                            Vp[b, hk, j0 + j, eo * EV + ei], f32(0.0))
                         for ri in T.unroll(RT):
                             for ei in VEC(EV):
                                 Acc[ro * RT + ri, eo * EV + ei] = Creg[ri * EV + ei]
@@ -208,24 +229,28 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                         Sc[0] = T.max(Mx[r], Sink[h])
                         Sc[1] = fast_exp(Mx[r] - Sc[0])
                         Sc[2] = Ls[r] * Sc[1] + fast_exp(Sink[h] - Sc[0])
-                    if Sc[2] > f32(0.0):
-                        Sc[3] = Sc[1] / Sc[2]
-                        Lse[b, h, q0 + r % BM] = Sc[0] + T.log(Sc[2])
-                    else:
+                    # 0: nothing seen. (Not `!= 0`: float comparisons are ordered, false for NaN,
+                    # and a NaN denominator must give NaN.)
+                    if Sc[2] == f32(0.0):
                         Sc[3] = f32(0.0)
                         Lse[b, h, q0 + r % BM] = T.infinity("float32") * f32(-1.0)
+                    else:
+                        Sc[3] = Sc[1] / Sc[2]
+                        Lse[b, h, q0 + r % BM] = Sc[0] + T.log(Sc[2])
                     for e in VEC(DV):
                         Out[b, h, q0 + r % BM, e] = T.Cast(dtype, Acc[r, e] * Sc[3])
             if BS:
-                # score[b, hk, i, blk] = max over the group of exp(tmax - lse); 0 where unseen
+                # score[b, hk, i, blk] = max over the group of exp(tmax - lse); 0 where unseen.
+                # Visibility by position (a NaN row's tile maxima are unreliable); a NaN row has
+                # lse NaN and gives NaN for every block it sees, and NaN wins the max.
                 for i in range(BM):
                     if q0 + i < Sq:
                         for blk in range(NBs):
                             Sc[0] = f32(0.0)
-                            if blk >= Ib[0] and blk < Ib[1]:
+                            if blk >= Ib[0] and blk < Ib[1] and (not CAUSAL or blk * BN <= L - Sq + q0 + i):
                                 for g in range(G):
-                                    if Tmax[b, hk * G + g, q0 + i, blk] > NEGC:
-                                        Sc[0] = T.max(Sc[0], T.exp(Tmax[b, hk * G + g, q0 + i, blk] - Lse[b, hk * G + g, q0 + i]))
+                                    Sc[1] = T.exp(Tmax[b, hk * G + g, q0 + i, blk] - Lse[b, hk * G + g, q0 + i])
+                                    Sc[0] = T.Select(Sc[1] > Sc[0] or T.isnan(Sc[1]), Sc[1], Sc[0])
                             Score[b, hk, q0 + i, blk] = Sc[0]
 
     return tvm.IRModule({"prep": prep, "main": main})
