@@ -216,8 +216,10 @@ def _(block_scores, k, block_size, seqlen_k, backend):
 
 def check_indices(indices: Tensor, num_blocks: int) -> None:
     """Values of ``indices`` must lie in ``[-1, num_blocks)`` (checked at run time, not traced)."""
-    if indices.numel() and (bool((indices < -1).any()) or bool((indices >= num_blocks).any())):
-        lo, hi = int(indices.min()), int(indices.max())
+    if not indices.numel():
+        return
+    lo, hi = (int(x) for x in torch.aminmax(indices))  # one pass
+    if lo < -1 or hi >= num_blocks:
         raise ValueError(f"indices: expected block ids in [-1, {num_blocks}) (-1 pads), got values in [{lo}, {hi}]")
 
 
@@ -232,13 +234,14 @@ def compact_indices(indices: Tensor, num_blocks: int) -> Tensor:
     """
     if indices.shape[-1] <= num_blocks:
         return indices
-    slot = torch.where(indices < 0, num_blocks, indices.long())  # pads -> a dropped slot
-    chosen = torch.zeros(*indices.shape[:-1], num_blocks + 1, dtype=torch.bool, device=indices.device)
-    chosen.scatter_(-1, slot, True)
-    ids = torch.arange(num_blocks, device=indices.device).expand(chosen[..., :num_blocks].shape)
-    ids = torch.where(chosen[..., :num_blocks], ids, num_blocks)
+    flat = indices.reshape(-1, indices.shape[-1])
+    row, col = (flat >= 0).nonzero(as_tuple=True)  # the real entries only (pads are most of them)
+    chosen = torch.zeros(flat.shape[0], num_blocks, dtype=torch.bool, device=indices.device)
+    chosen[row, flat[row, col].long()] = True
+    ids = torch.where(chosen, torch.arange(num_blocks, device=indices.device), num_blocks)
     ids = torch.sort(ids, dim=-1).values  # chosen blocks first, ascending
-    return torch.where(ids == num_blocks, -1, ids).to(indices.dtype).contiguous()
+    ids = torch.where(ids == num_blocks, -1, ids).to(indices.dtype)
+    return ids.view(*indices.shape[:-1], num_blocks).contiguous()
 
 
 @torch.library.custom_op("hysparse::sparse_attention_fwd", mutates_args=())

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, reference_impl
 from .tuned_configs import guarded
 
 LOG2E = 1.4426950408889634
@@ -227,8 +227,8 @@ def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
     cfg = config_for(op, {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": Hq // Hkv, "block_size": block_size})
     block_n = cfg.block_n
     if block_size is not None:
-        if block_size < 16:
-            raise ValueError(f"block_size: the triton block-score kernel needs block_size >= 16, got {block_size}")
+        if block_size < MIN_BLOCK:
+            raise ValueError(f"block_size: the triton block-score kernel needs block_size >= {MIN_BLOCK}, got {block_size}")
         block_n = block_size  # block = KV tile: the tile's row max is the block's row max
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
@@ -264,7 +264,10 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 def attention_with_block_scores(q, k, v, block_size, causal, scale):
     """Triton forward with HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` fp32.
 
-    The KV tile is the block (``block_size >= 16``); memory beyond the outputs is one fp32 tile
-    maximum per (query head, query, block): ``1 / block_size`` of a score matrix, never ``S x S``.
+    The KV tile is the block; memory beyond the outputs is one fp32 tile maximum per (query head,
+    query, block): ``1 / block_size`` of a score matrix, never ``S x S``. Blocks smaller than
+    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("attention_block_scores")(q, k, v, block_size, causal, scale)
     return guarded(lambda: _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size))

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
 from .fwd import _masked_pv
 
 LOG2E = 1.4426950408889634
@@ -130,8 +130,8 @@ def _sparse_fwd_kernel(
 
 
 def check_block_size(block_size: int) -> None:
-    if block_size < 16:
-        raise ValueError(f"block_size: the triton sparse kernels need block_size >= 16 (tl.dot), got {block_size}")
+    if block_size < MIN_BLOCK:
+        raise ValueError(f"block_size: the triton sparse kernels need block_size >= {MIN_BLOCK} (tl.dot), got {block_size}")
 
 
 def _launch_sparse(q, k, v, indices, block_size, sink, scale, cache_seqlens=None):
@@ -172,7 +172,11 @@ def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
     Example::
 
         out, lse = sparse_attention_fwd(q, k, v, idx, 64, None, q.shape[-1] ** -0.5)
+
+    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("sparse_attention_fwd")(q, k, v, indices, block_size, sink, scale)
     return _launch_sparse(q, k, v, indices, block_size, sink, scale)
 
 
@@ -181,6 +185,10 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
 
     q ``[B, Hq, Sq, Dqk]`` (Sq = 1 or 1 + draft tokens), caches ``[B, Hkv, Smax, D]`` with
     ``cache_seqlens [B]`` valid keys. The selected keys are few (k blocks), so one program per
-    (query, KV group) suffices; no split over the cache is needed.
+    (query, KV group) suffices; no split over the cache is needed. Blocks smaller than
+    ``MIN_BLOCK`` (16) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size,
+                                                         sink, scale)
     return _launch_sparse(q, k_cache, v_cache, indices, block_size, sink, scale, cache_seqlens=cache_seqlens)
