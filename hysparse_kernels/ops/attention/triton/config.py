@@ -35,7 +35,7 @@ MIN_BLOCK = 16
 
 def reference_impl(op: str):
     """The reference implementation of ``op`` (for the inputs these kernels do not take)."""
-    from ... import dispatch
+    from .... import dispatch
 
     return dispatch.get_impl(op, "reference")
 
