@@ -44,7 +44,7 @@ CASES = {
     "seqlens-shape": (lambda: hk.attention_decode(q[:, :, :1], k, v, torch.tensor([3, 4])), ValueError, r"cache_seqlens: expected one length per sequence, B = 1, got 2"),
     "head-dim-zero": (lambda: hk.attention(q[..., :0], k[..., :0], v), ValueError, r"q: expected head dim Dqk \(q.shape\[3\]\) >= 1, got 0"),
     "v-dim-zero": (lambda: hk.attention(q, k, v[..., :0], backend="tvm"), ValueError, r"v: expected head dim Dv \(v.shape\[3\]\) >= 1, got 0"),
-    "decode-v-dim-zero": (lambda: hk.attention_decode(q[:, :, :1], k, v[..., :0], lens), ValueError, r"v: expected head dim Dv"),
+    "decode-v-dim-zero": (lambda: hk.attention_decode(q[:, :, :1], k, v[..., :0], lens), ValueError, r"v_cache: expected head dim Dv \(v_cache.shape\[3\]\) >= 1, got 0"),
     "scale-inf": (lambda: hk.attention(q, k, v, scale=float("inf")), ValueError, r"scale: expected a positive finite number, got inf"),
     "scale-nan": (lambda: hk.sparse_attention(q, k, v, idx, block_size=4, scale=float("nan")), ValueError, r"scale: expected a positive finite number, got nan"),
     "scale-type": (lambda: hk.attention(q, k, v, scale="0.1"), ValueError, r"scale: expected a positive finite number, got '0.1'"),

@@ -16,25 +16,26 @@ from .. import checks
 from . import ops
 
 
-def _check_qkv(q, k, v) -> None:
+def _check_qkv(q, k, v, kn: str = "k", vn: str = "v") -> None:
+    """q, k, v (named ``kn`` / ``vn`` in errors: ``k_cache`` / ``v_cache`` for the decode ops)."""
     checks.tensor("q", q, 4, "[B, Hq, Sq, Dqk]")
-    checks.tensor("k", k, 4, "[B, Hkv, Sk, Dqk]")
-    checks.tensor("v", v, 4, "[B, Hkv, Sk, Dv]")
+    checks.tensor(kn, k, 4, "[B, Hkv, Sk, Dqk]")
+    checks.tensor(vn, v, 4, "[B, Hkv, Sk, Dv]")
     checks.floating("q", q)
-    checks.same_dtype("k", k, "q", q)
-    checks.same_dtype("v", v, "q", q)
-    checks.same_device("k", k, "q", q)
-    checks.same_device("v", v, "q", q)
+    checks.same_dtype(kn, k, "q", q)
+    checks.same_dtype(vn, v, "q", q)
+    checks.same_device(kn, k, "q", q)
+    checks.same_device(vn, v, "q", q)
     B, Hq, _, Dqk = q.shape
-    checks.dim_equal("k", k.shape[0], B, "batch size (q.shape[0])")
-    checks.dim_equal("v", v.shape[0], B, "batch size (q.shape[0])")
-    checks.dim_equal("v", v.shape[1], k.shape[1], "kv heads (k.shape[1])")
-    checks.dim_equal("v", v.shape[2], k.shape[2], "kv length (k.shape[2])")
-    checks.dim_equal("k", k.shape[3], Dqk, "head dim Dqk (q.shape[3])")
+    checks.dim_equal(kn, k.shape[0], B, "batch size (q.shape[0])")
+    checks.dim_equal(vn, v.shape[0], B, "batch size (q.shape[0])")
+    checks.dim_equal(vn, v.shape[1], k.shape[1], f"kv heads ({kn}.shape[1])")
+    checks.dim_equal(vn, v.shape[2], k.shape[2], f"kv length ({kn}.shape[2])")
+    checks.dim_equal(kn, k.shape[3], Dqk, "head dim Dqk (q.shape[3])")
     checks.nonzero_dim("q", Dqk, "head dim Dqk (q.shape[3])")
-    checks.nonzero_dim("v", v.shape[3], "head dim Dv (v.shape[3])")
+    checks.nonzero_dim(vn, v.shape[3], f"head dim Dv ({vn}.shape[3])")
     if k.shape[1] == 0 or Hq % k.shape[1]:
-        raise ValueError(f"k: expected kv heads dividing the {Hq} query heads (GQA), got {k.shape[1]}")
+        raise ValueError(f"{kn}: expected kv heads dividing the {Hq} query heads (GQA), got {k.shape[1]}")
 
 
 def _check_sink(sink, q) -> None:
@@ -181,7 +182,7 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, *, window=None, sink=No
     Returns:
         out ``[B, Hq, Sq, Dv]`` (and lse ``[B, Hq, Sq]``). Inference only: no gradient.
     """
-    _check_qkv(q, k_cache, v_cache)
+    _check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     _check_sink(sink, q)
     _check_seqlens(cache_seqlens, q)
     checks.positive_int("window", window, allow_none=True)
@@ -197,7 +198,7 @@ def sparse_attention_decode(
     Args as in ``attention_decode``, plus ``indices`` int ``[B, Hkv, Sq, topk]`` (block ids,
     ``-1`` pads) from the full layer's ``topk_blocks``.
     """
-    _check_qkv(q, k_cache, v_cache)
+    _check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     _check_sink(sink, q)
     _check_seqlens(cache_seqlens, q)
     checks.power_of_two("block_size", block_size)

@@ -217,6 +217,8 @@ def moe(x, w_gate_up, w_down, weights, expert_ids, *, backend=None) -> Tensor:
 def expert_load(expert_ids, num_experts) -> Tensor:
     """Tokens routed to each expert: int64 ``[E]`` (for balancing statistics and the bias update).
 
+    ``expert_ids``: int, any shape (usually ``[T, k]`` from ``route``), values in ``[0, E)``.
+
     Example::
 
         counts = hysparse_kernels.expert_load(ids, 64)   # counts.sum() == ids.numel()
