@@ -31,6 +31,7 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
     VL = vec_width(bn, (8, 4, 2, 1))
     CR = max(G * DW, RT * EV)
     SPARSE, WIN, SINK = sparse, has_window, has_sink
+    WIN_I = 1 if has_window else 0
     NEGC = f32(NEG)
     PAR, VEC, SCOPE = loop_kinds(target_kind)
 
@@ -65,8 +66,7 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
             Red = T.alloc_buffer((VL,), "float32", scope=SCOPE)
             Sc = T.alloc_buffer((4,), "float32", scope=SCOPE)
             Creg = T.alloc_buffer((CR,), "float32", scope=SCOPE)
-            # tile range / current block / keep flag / visible keys [lo, hi) of the current tile
-            Ib = T.alloc_buffer((6,), "int32", scope=SCOPE)
+            Ib = T.alloc_buffer((4,), "int32", scope=SCOPE)  # tile range / current block / keep flag
             b = task // (Hkv * Sq)
             hk = task // Sq % Hkv
             i = task % Sq
@@ -101,16 +101,15 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                 if Ib[3] == 1:
                     j0 = Ib[2] * BN
                     nv = T.min(BN, Sk - j0)  # keys of this tile present in the cache
-                    # Only the keys this query sees, [Ib[4], Ib[5]) of the tile, are read: a masked
+                    # Only the keys this query sees, [jlo, jhi) of the tile, are read: a masked
                     # key's probability is 0, but 0 * NaN (an unwritten cache slot, a future key)
-                    # is NaN, so masked keys must never enter P @ V.
-                    Ib[4] = 0
-                    if WIN:
-                        Ib[4] = T.max(pos - window + 1 - j0, 0)
-                    Ib[5] = T.min(nv, pos + 1 - j0)  # pos < L: keys past the length are after it
+                    # is NaN, so masked keys must never enter P @ V. (pos < L: keys past the
+                    # length are after the query.)
+                    jlo = T.max(pos - window + 1 - j0, 0) * WIN_I
+                    jhi = T.min(nv, pos + 1 - j0)
                     # S[g, j] = Qs[g, :] . K[j, :]  (dot products over Dqk, DW-lane partial sums)
-                    for jj in range(T.max(Ib[5] - Ib[4], 0)):
-                        j = Ib[4] + jj
+                    for jj in range(T.max(jhi - jlo, 0)):
+                        j = jlo + jj
                         for g in T.unroll(G):
                             for l in VEC(DW):
                                 Creg[g * DW + l] = f32(0.0)
@@ -169,10 +168,10 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
                                     Creg[ri * EV + ei] = Acc[ro * RT + ri, eo * EV + ei] * Al[ro * RT + ri]
-                            for jj in range(T.max(Ib[5] - Ib[4], 0)):
+                            for jj in range(T.max(jhi - jlo, 0)):
                                 for ri in T.unroll(RT):
                                     for ei in VEC(EV):
-                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, Ib[4] + jj] * T.Cast("float32", V[b, hk, j0 + Ib[4] + jj, eo * EV + ei])
+                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, jlo + jj] * T.Cast("float32", V[b, hk, j0 + jlo + jj, eo * EV + ei])
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
                                     Acc[ro * RT + ri, eo * EV + ei] = Creg[ri * EV + ei]
