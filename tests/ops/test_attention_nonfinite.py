@@ -17,6 +17,10 @@ import torch
 
 import hysparse_kernels as hk
 from backend_params import ATTENTION
+
+# (backend, device): the CPU backends, and Triton compiled on a GPU (`make test-gpu`)
+ON = [pytest.param(p.values[0], "cpu", id=p.id, marks=p.marks) for p in ATTENTION] + [
+    pytest.param("triton", "cuda", id="triton-cuda", marks=pytest.mark.gpu)]
 from hysparse_kernels.ops.attention import reference as R
 from hysparse_kernels.testing import assert_close_to_reference
 
@@ -52,8 +56,8 @@ def _indices(sq):
     return idx
 
 
-def _lens():
-    return torch.tensor(LENS, dtype=torch.int32)
+def _lens(device="cpu"):
+    return torch.tensor(LENS, dtype=torch.int32, device=device)
 
 
 # op -> (queries, run(backend, q, k, v, sink) -> outputs, visibility [B, Hkv, Sq, Sk] bool, takes a sink)
@@ -69,18 +73,19 @@ def _op(name):
             R.visible_mask(S, S, causal=True, window=None).expand(B, HKV, S, S), False
     if name == "sparse_attention":
         idx = _indices(S)
-        return S, lambda be, q, k, v, s: hk.sparse_attention(q, k, v, idx, block_size=BS, sink=s, return_lse=True,
-                                                              backend=be), R.sparse_mask(idx, S, S, BS), True
+        return S, lambda be, q, k, v, s: hk.sparse_attention(q, k, v, idx.to(q.device), block_size=BS, sink=s,
+                                                              return_lse=True, backend=be), R.sparse_mask(idx, S, S, BS), True
     pos = R.decode_positions(_lens(), 3)[:, None, :, None]
     j = torch.arange(S)
     if name == "attention_decode":
-        return 3, lambda be, q, k, v, s: hk.attention_decode(q, k, v, _lens(), window=W, sink=s, return_lse=True,
-                                                              backend=be), \
+        return 3, lambda be, q, k, v, s: hk.attention_decode(q, k, v, _lens(q.device), window=W, sink=s,
+                                                              return_lse=True, backend=be), \
             ((j <= pos) & (j > pos - W)).expand(B, HKV, 3, S), True
     if name == "sparse_attention_decode":
         idx = _indices(3)
-        return 3, lambda be, q, k, v, s: hk.sparse_attention_decode(q, k, v, _lens(), idx, block_size=BS, sink=s,
-                                                                     return_lse=True, backend=be), \
+        return 3, lambda be, q, k, v, s: hk.sparse_attention_decode(q, k, v, _lens(q.device), idx.to(q.device),
+                                                                     block_size=BS, sink=s, return_lse=True,
+                                                                     backend=be), \
             R.sparse_mask(idx, 3, S, BS, positions=R.decode_positions(_lens(), 3)), True
     raise KeyError(name)
 
@@ -88,9 +93,12 @@ def _op(name):
 OPS = ["attention", "attention_window", "block_scores", "sparse_attention", "attention_decode", "sparse_attention_decode"]
 
 
-def _run(op, backend, q, k, v, sink):
+def _run(op, backend, q, k, v, sink, device="cpu"):
+    """The op's outputs (on the CPU) for inputs moved to ``device``."""
     sq, fn, _, has_sink = _op(op)
-    return fn(backend, q[:, :, :sq].contiguous(), k, v, sink if has_sink else None)
+    d = lambda t: None if t is None else t.to(device)  # noqa: E731
+    out = fn(backend, d(q[:, :, :sq].contiguous()), d(k), d(v), d(sink) if has_sink else None)
+    return tuple(t.cpu() for t in out)
 
 
 def _reference64(op, q, k, v, sink):
@@ -132,15 +140,15 @@ def _check_like_reference(got, want):
 
 @pytest.mark.parametrize("poison", list(POISONS))
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", ATTENTION)
-def test_keys_a_query_cannot_see_never_affect_it(backend, op, poison):
+@pytest.mark.parametrize("backend,device", ON)
+def test_keys_a_query_cannot_see_never_affect_it(backend, device, op, poison):
     q, k, v, sink = _inputs()
-    clean = _run(op, backend, q, k, v, sink)
+    clean = _run(op, backend, q, k, v, sink, device)
     keys = _poisoned_keys(op)
     k2, v2 = k.clone(), v.clone()
     k2[keys[:, None, :, None].expand_as(k2)] = POISONS[poison]
     v2[keys[:, None, :, None].expand_as(v2)] = POISONS[poison]
-    got = _run(op, backend, q, k2, v2, sink)
+    got = _run(op, backend, q, k2, v2, sink, device)
     blind = _blind(_op(op)[2], keys)
     assert blind.any() and not blind.all()
     out, lse = got[0], got[1]
@@ -170,15 +178,15 @@ def test_masked_keys_do_not_leak_in_low_precision(backend, dtype):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", ATTENTION)
-def test_nan_in_a_query_row_gives_nan_in_that_row_only(backend, op):
+@pytest.mark.parametrize("backend,device", ON)
+def test_nan_in_a_query_row_gives_nan_in_that_row_only(backend, device, op):
     q, k, v, sink = _inputs()
     sq = _op(op)[0]
-    clean = _run(op, backend, q, k, v, sink)
+    clean = _run(op, backend, q, k, v, sink, device)
     q2 = q.clone()
     i = sq - 2
     q2[1, 2, i, 3] = float("nan")
-    got = _run(op, backend, q2, k, v, sink)
+    got = _run(op, backend, q2, k, v, sink, device)
     row = torch.zeros(B, HQ, sq, dtype=torch.bool)
     row[1, 2, i] = True
     assert torch.isnan(got[0][row]).all() and torch.isnan(got[1][row]).all()
@@ -188,35 +196,35 @@ def test_nan_in_a_query_row_gives_nan_in_that_row_only(backend, op):
 
 
 @pytest.mark.parametrize("op", [o for o in OPS if o != "block_scores"])
-@pytest.mark.parametrize("backend", ATTENTION)
-def test_sink_values(backend, op):
+@pytest.mark.parametrize("backend,device", ON)
+def test_sink_values(backend, device, op):
     q, k, v, sink = _inputs()
-    clean = _run(op, backend, q, k, v, sink)
+    clean = _run(op, backend, q, k, v, sink, device)
     nan_sink = sink.clone()
     nan_sink[2] = float("nan")
-    out, lse = _run(op, backend, q, k, v, nan_sink)
+    out, lse = _run(op, backend, q, k, v, nan_sink, device)
     assert torch.isnan(out[:, 2]).all() and torch.isnan(lse[:, 2]).all()
     others = torch.tensor([0, 1, 3])
     assert torch.equal(out[:, others], clean[0][:, others]) and torch.equal(lse[:, others], clean[1][:, others])
     no_sink = sink.clone()
     no_sink[1] = float("-inf")  # the same as no sink for that head
-    _check_like_reference(_run(op, backend, q, k, v, no_sink), _reference64(op, q, k, v, no_sink))
+    _check_like_reference(_run(op, backend, q, k, v, no_sink, device), _reference64(op, q, k, v, no_sink))
     inf_sink = sink.clone()
     inf_sink[3] = float("inf")
     with pytest.raises(ValueError, match=r"sink: expected values below \+inf .* got \+inf at heads \[3\]"):
-        _run(op, backend, q, k, v, inf_sink)
+        _run(op, backend, q, k, v, inf_sink, device)
 
 
 @pytest.mark.parametrize("where", ["k:+inf", "k:-inf", "k:nan", "v:+inf", "v:-inf", "v:nan"])
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", ATTENTION)
-def test_non_finite_visible_key_reaches_exactly_the_queries_that_see_it(backend, op, where):
+@pytest.mark.parametrize("backend,device", ON)
+def test_non_finite_visible_key_reaches_exactly_the_queries_that_see_it(backend, device, op, where):
     q, k, v, sink = _inputs()
     value = POISONS[where[2:]]
     t = (k if where[0] == "k" else v).clone()
     t[0, 1, 7, 0] = value  # key 7 of sequence 0: seen by later queries (and, sparse, block 0 is picked)
     k2, v2 = (t, v) if where[0] == "k" else (k, t)
-    got = _run(op, backend, q, k2, v2, sink)
+    got = _run(op, backend, q, k2, v2, sink, device)
     want = _reference64(op, q, k2, v2, sink)
     if op not in ("attention_decode",):  # decode's window does not reach key 7
         assert not torch.isfinite(want[0]).all(), "the case must poison some query"
