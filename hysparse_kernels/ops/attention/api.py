@@ -6,6 +6,12 @@ bottom-right aligned: query ``i`` sits at key position ``Sk - Sq + i`` (decode i
 Outputs are ``[B, Hq, Sq, Dv]`` in q's dtype; lse is ``[B, Hq, Sq]`` float32 (float64 for
 float64 inputs). ``backend`` is ``None``/``"auto"``, ``"reference"``, ``"triton"`` or ``"tvm"``
 (see ``hysparse_kernels.dispatch``).
+
+Alike on every backend (README, "Public API"): ``Sk = 0`` gives out 0 and lse -inf (the sink
+with a sink) for every query; keys a query cannot see never affect it, whatever they hold; NaN
+in what it sees (its q row, a visible k row, its head's sink, an infinite logit) makes its row
+NaN, NaN / inf in a visible v column reaches that column; ``sink = -inf`` is no sink, ``+inf``
+and a non-finite ``scale`` are rejected. ``block_size`` is any power of two.
 """
 
 from __future__ import annotations
