@@ -173,7 +173,7 @@ def decode_case(ctx: int, topk: int = 16, block: int = 64, window: int = 128, dt
     return case
 
 
-def sparse_pads_case(s: int = 256, topk: int = 4, width: int = 100_000, block: int = 64) -> Case:
+def sparse_pads_case(s: int = 256, topk: int = 4, width: int = 100_000, block: int = 16) -> Case:
     """HySparse sparse attention whose index lists are ``width`` entries of mostly ``-1`` pads
     (the same ``topk`` blocks per query): pads must cost nothing next to the short lists. The
     lists are ``Hkv * s * width`` int32 (205 MB here): only reading them once is left to pay."""
