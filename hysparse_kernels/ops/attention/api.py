@@ -83,6 +83,7 @@ def attention(q, k, v, *, causal=True, window=None, sink=None, scale=None, retur
         causal: mask keys after the query (bottom-right aligned).
         window: if set (needs ``causal``), query i sees itself and the ``window - 1`` keys before it.
         sink: ``[Hq]`` per-head logit added to the softmax denominator only; receives a gradient.
+            ``-inf`` is no sink, NaN makes the head's rows NaN, ``+inf`` raises ``ValueError``.
         scale: logit scale, default ``Dqk ** -0.5``.
         return_lse: also return the log-sum-exp ``[B, Hq, Sq]`` (to merge partial results).
 
