@@ -49,33 +49,16 @@ def _kv_range(m0, Sq, Sk, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr
 
 
 @triton.jit
-def _nonfinite_pv(p, vis, v32):
-    """What the non-finite values of a V tile add to ``P @ V`` over the visible (row, key) pairs:
-    NaN where a visible key holds NaN, or +-inf with probability exactly 0, or +inf and -inf
-    meet; else +-inf where a visible key with probability > 0 holds it; else 0 (the reference's
-    IEEE rule). ``p``, ``vis`` ``[BLOCK_M, BLOCK_N]``, ``v32`` ``[BLOCK_N, BLOCK_DV]`` fp32.
-    Counts by 0/1 dots: exact in any precision."""
-    vis_f = vis.to(tl.float32)
-    pos_f = (vis & (p > 0)).to(tl.float32)
-    zero_f = (vis & (p == 0)).to(tl.float32)
-    pinf = (v32 == float("inf")).to(tl.float32)
-    ninf = (v32 == float("-inf")).to(tl.float32)
-    nan = (v32 != v32).to(tl.float32)
-    hit_nan = tl.dot(vis_f, nan, input_precision="ieee") + tl.dot(zero_f, pinf + ninf, input_precision="ieee")
-    hit_pinf = tl.dot(pos_f, pinf, input_precision="ieee")
-    hit_ninf = tl.dot(pos_f, ninf, input_precision="ieee")
-    add = tl.where(hit_pinf > 0, float("inf"), 0.0)
-    add = tl.where(hit_ninf > 0, float("-inf"), add)
-    return tl.where((hit_nan > 0) | ((hit_pinf > 0) & (hit_ninf > 0)), float("nan"), add)
-
-
-@triton.jit
-def _masked_pv(acc, p, vis, b_v, DOT_F32: tl.constexpr, PREC: tl.constexpr):
+def _masked_pv(acc, p, vis, b_v, DOT_F32: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     """``acc + P @ V`` for a tile where some rows cannot see some keys (``vis [BLOCK_M, BLOCK_N]``).
 
     Their probability is 0, but 0 * NaN (an unwritten cache slot, a future key) is NaN, so the
-    dot multiplies only the finite values of V; the rare tile that holds NaN or +-inf adds what
-    they contribute over the visible pairs (``_nonfinite_pv``)."""
+    dot multiplies only the finite values of V. The rare tile that holds NaN or +-inf then adds,
+    key by key, the IEEE products ``p * v`` of its non-finite values over the pairs that see them
+    (NaN, +-inf; 0 * inf = NaN for a visible key of probability 0), as the reference does. The
+    loop is small code and no dot: a fallback like that must not cost the common path registers
+    or shared memory (four extra 0/1 dots had made the sm_90 kernel 10x larger, 229 KB of shared
+    memory)."""
     v32 = b_v.to(tl.float32)
     finite = tl.abs(v32) < float("inf")  # false for NaN and +-inf
     b_vf = tl.where(finite, b_v, 0.0).to(b_v.dtype)
@@ -85,9 +68,15 @@ def _masked_pv(acc, p, vis, b_v, DOT_F32: tl.constexpr, PREC: tl.constexpr):
         acc = tl.dot(p, b_vf.to(tl.float32), acc, input_precision=PREC)
     else:
         acc = tl.dot(p.to(b_v.dtype), b_vf, acc, input_precision=PREC)
-    n_bad = tl.sum(tl.sum(tl.where(finite, 0, 1), 1), 0)
-    if n_bad > 0:
-        acc = acc + _nonfinite_pv(p, vis, v32)
+    if tl.sum(tl.sum(tl.where(finite, 0, 1), 1), 0) > 0:
+        o_n = tl.arange(0, BLOCK_N)
+        for j in range(0, BLOCK_N):
+            at_j = o_n == j
+            v_j = tl.sum(tl.where(at_j[:, None], v32, 0.0), 0)  # [BLOCK_DV] row j of the tile
+            p_j = tl.sum(tl.where(at_j[None, :], p, 0.0), 1)  # [BLOCK_M] its probabilities
+            vis_j = tl.sum(tl.where(at_j[None, :] & vis, 1, 0), 1) > 0  # [BLOCK_M] who sees it
+            bad_j = (v_j != v_j) | (tl.abs(v_j) == float("inf"))
+            acc = acc + tl.where(vis_j[:, None] & bad_j[None, :], p_j[:, None] * v_j[None, :], 0.0)
     return acc
 
 
@@ -129,7 +118,7 @@ def _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, hi, Sk, q_pos, qk_
         acc = acc * alpha[:, None]
         b_v = tl.load(p_v + o_k[:, None] * DV + o_dv[None, :], mask=m_k[:, None] & (o_dv[None, :] < DV), other=0.0)
         if MASKED:
-            acc = _masked_pv(acc, p, vis, b_v, DOT_F32, PREC)
+            acc = _masked_pv(acc, p, vis, b_v, DOT_F32, PREC, BLOCK_N)
         else:
             # every row sees every key of the tile: [BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_DV];
             # P in the input dtype on the GPU (tensor-core dot), fp32 under the interpreter.

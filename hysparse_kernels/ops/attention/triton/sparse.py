@@ -117,7 +117,7 @@ def _sparse_fwd_kernel(
             b_v = tl.load(V + (kv_row + o_key[:, None]) * DV + o_dv[None, :],
                           mask=in_range[:, None] & (o_dv[None, :] < DV), other=0.0)
             # rows that did not pick the block, and keys after a row's query, must not meet V
-            acc = _masked_pv(acc, p, vis, b_v, DOT_F32, PREC)
+            acc = _masked_pv(acc, p, vis, b_v, DOT_F32, PREC, BLOCK_SIZE)
             m_i = m_new
 
     seen = l_i != 0.0  # 0: the row saw nothing (NaN stays NaN)
