@@ -147,6 +147,7 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles.
     kt = torch.empty(B, Hkv, nblocks, Dqk, bn, dtype=torch.float32)
     vp = torch.empty(B, Hkv, nblocks * bn, Dv, dtype=torch.float32)
+    bad = torch.empty(B, Hkv, nblocks, dtype=torch.float32)  # V tiles holding NaN / inf
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
     kv_len = torch.full((B,), Sk, dtype=torch.int32)
@@ -155,8 +156,8 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
         scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
     else:
         tmax = scores = _NO_SCORES
-    lib["prep"](k, v, kt, vp)
-    lib["main"](q, kt, vp, kv_len, _sink_arg(sink), out, lse, tmax, scores,
+    lib["prep"](k, v, kt, vp, bad)
+    lib["main"](q, kt, vp, bad, kv_len, _sink_arg(sink), out, lse, tmax, scores,
                 int(window) if window is not None else 0, float(scale))
     return out, lse, scores
 
