@@ -23,6 +23,7 @@ Repeats are interleaved; the median of each is reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 import warnings
@@ -34,9 +35,9 @@ from hysparse_kernels.training.data import ByteTokenizer
 from hysparse_kernels.training.rl.evaluate import TaskEnv, prompt_ids, task_sampling
 from hysparse_kernels.training.rl.rollout import RolloutEngine
 from hysparse_kernels.training.rl.sampling import policy_logprobs, sample_from
-from hysparse_kernels.training.rl.sft import SFTConfig, cached_sft
+from hysparse_kernels.training.rl.sft import cached_sft
 from hysparse_kernels.training.rl.tasks import get_task
-from hysparse_kernels.training.rl.trainer import QUICK
+from hysparse_kernels.training.rl.trainer import RLConfig, warm_start_config
 
 
 @torch.no_grad()
@@ -87,8 +88,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     task, tok = get_task("lookup"), ByteTokenizer()
     examples = task.examples("heldout", args.batch)
-    base = cached_sft(SFTConfig(task="lookup", steps=QUICK["sft_steps"]))
-    mtp = cached_sft(SFTConfig(task="lookup", steps=QUICK["sft_steps"], mtp_layers=args.mtp_layers))
+    warm = warm_start_config(RLConfig(task="lookup"))
+    base = cached_sft(warm)
+    mtp = cached_sft(dataclasses.replace(warm, mtp_layers=args.mtp_layers))
     models = {"base": load_pretrained(base).eval(), "mtp": load_pretrained(mtp).eval()}
     params = task_sampling(task, 1.0)
     env = TaskEnv(task, examples)

@@ -70,7 +70,7 @@ def summarize(verdicts: list[Verdict], rollouts: list[Rollout], examples: list[E
 
 @torch.no_grad()
 def evaluate(model, task: Task, *, split: str = "heldout", n: int = 200, temperature: float = 1.0, top_p: float = 1.0,
-             samples: int = 2, seed: int = 1234, batch: int = 128) -> dict:
+             samples: int = 2, seed: int = 1234, batch: int = 128, greedy: bool = True) -> dict:
     """Success of ``model`` on the first ``n`` examples of ``split``: sampled (``samples`` per
     example, the policy's own distribution) and greedy. Keys: ``success`` (sampled),
     ``success_greedy``, ``reward``, ``rate_<outcome>``, ``response_tokens``, per-hop success."""
@@ -81,9 +81,11 @@ def evaluate(model, task: Task, *, split: str = "heldout", n: int = 200, tempera
     reps = [e for e in examples for _ in range(samples)]
     rollouts, verdicts, _ = run_task(sampled, task, reps, tok, gen, batch)
     out = summarize(verdicts, rollouts, reps)
+    out.update({"n": len(examples), "samples": samples, "temperature": temperature, "top_p": top_p, "split": split})
+    if not greedy:
+        return out
     greedy = RolloutEngine(model, tok, task_sampling(task, 0.0))
     g_rollouts, g_verdicts, _ = run_task(greedy, task, examples, tok, None, batch)
     g = summarize(g_verdicts, g_rollouts, examples)
     out.update({f"{k}_greedy": v for k, v in g.items() if k in ("success", "reward", "rate_abstain", "rate_invalid")})
-    out.update({"n": len(examples), "samples": samples, "temperature": temperature, "top_p": top_p, "split": split})
     return out

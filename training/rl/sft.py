@@ -6,6 +6,10 @@ next-token cross-entropy on the tokens the model writes (prompt and observation 
 masked out), plus ``mtp_weight`` times the mean cross-entropy of the MTP blocks on the same
 targets (so speculative rollouts have drafts worth accepting).
 
+A warm start may stop early (``target_success``): every ``check_every`` steps the model is
+decoded on ``check_n`` questions of the ``dev`` split (never ``heldout``), and training ends
+once its sampled success reaches the target.
+
 The run directory has the files of every recipe run (``runs``): ``config.json``,
 ``metrics.jsonl``, ``curves.png``, ``checkpoints/`` (``--resume``), ``final/``.
 """
@@ -29,6 +33,7 @@ from hysparse_kernels.models.mtp import mtp_logits
 from .. import checkpoint
 from ..data import ByteTokenizer
 from . import runs
+from .evaluate import evaluate
 from .policy import build_policy
 from .tasks import Example, Task, get_task
 
@@ -47,6 +52,13 @@ class SFTConfig:
     mtp_weight: float = 0.3
     seed: int = 0
     checkpoint_every: int = 200
+    # Warm starts stop early once sampled success on the dev split (check_n questions, one sample
+    # each at temperature 1) reaches target_success, checked every check_every steps: RL then
+    # starts from a model that succeeds sometimes, with room left to improve. None: run all steps.
+    target_success: float | None = None
+    check_every: int = 25
+    check_from: int = 0  # first step that may be checked
+    check_n: int = 100
 
 
 def render(task: Task, example: Example, tok: ByteTokenizer) -> tuple[list[int], list[int]]:
@@ -116,15 +128,24 @@ def train_sft(cfg: SFTConfig, out, *, resume: bool = False, progress: bool = Tru
     if resume and (ckpt := checkpoint.latest(out)) is not None:
         start = checkpoint.load(ckpt, model, optimizer, gen)["step"]
         runs.truncate_metrics(metrics, start)
-    elif metrics.exists():
-        metrics.unlink()
+        if (out / "checks.jsonl").exists():
+            runs.truncate_metrics(out / "checks.jsonl", start)
+    else:
+        for path in (metrics, out / "checks.jsonl"):
+            path.unlink(missing_ok=True)
+    checks = runs.read_metrics(out / "checks.jsonl")
+    done = cfg.target_success is not None and any(c["dev_success"] >= cfg.target_success for c in checks)
     runs.write_json(out / "config.json", config)
     torch.manual_seed(cfg.seed)
     bar = runs.progress_bar(cfg.steps, start, f"sft {cfg.task}", progress)
     model.train()
     t0 = time.perf_counter()
     last = {}
+    reached = False
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    if done:  # resumed after the target was reached: only the final model is missing
+        start = end = start
+        reached = True
     for step in range(start, end):
         for group in optimizer.param_groups:
             group["lr"] = _lr(cfg, step)
@@ -143,15 +164,24 @@ def train_sft(cfg: SFTConfig, out, *, resume: bool = False, progress: bool = Tru
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{last['lm_loss']:.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        reached = False
+        if cfg.target_success is not None and (step + 1) % cfg.check_every == 0 and step + 1 >= cfg.check_from:
+            dev = evaluate(model, task, split="dev", n=cfg.check_n, samples=1, greedy=False)["success"]
+            last["dev_success"] = dev
+            runs.append_metrics(out / "checks.jsonl", {"step": step, "dev_success": dev})
+            reached = dev >= cfg.target_success
+            model.train()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or reached:
             checkpoint.save(out, step + 1, model, optimizer, gen, {"model": model.graph.name, "recipe": "sft"})
+        if reached:
+            break
     if bar is not None:
         bar.close()
-    if end < cfg.steps:
+    if end < cfg.steps and not reached:
         return {"stopped_at": end}
     save_pretrained(model, out / "final")
     runs.plot_curves(metrics, out / "curves.png", ["lm_loss", "mtp_loss", "lr"], title=f"sft on {cfg.task}")
-    return {"steps": cfg.steps, "final": last, "seconds": time.perf_counter() - t0, "model": str(out / "final")}
+    return {"steps": last.get("step", start - 1) + 1, "final": last, "seconds": time.perf_counter() - t0, "model": str(out / "final")}
 
 
 def cache_root() -> Path:

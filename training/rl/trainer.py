@@ -52,14 +52,15 @@ class RLConfig:
     task_seed: int = 0
     model: str = "tiny-mimo-7b"
     init_from: str | None = None  # None: the cached SFT warm start of (task, model)
-    sft_steps: int = 600  # the warm start's SFT steps (when init_from is None)
+    sft_steps: int = 400  # the warm start's SFT schedule (when init_from is None) ...
+    sft_target: float | None = 0.35  # ... ended once sampled dev success reaches this (None: all steps)
     steps: int = 100
-    prompts_per_step: int = 8
+    prompts_per_step: int = 16
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
     num_draft: int = 0  # MTP speculative rollouts (0: off)
-    lr: float = 5e-4
+    lr: float = 3e-4
     warmup: int = 5
     weight_decay: float = 0.0
     minibatches: int = 2
@@ -120,17 +121,24 @@ def default_rewards(ctx: StepContext) -> torch.Tensor:
 
 
 # ``--quick``: the short setting shared by the RL recipes (a recipe's ``quick`` dict goes on top).
-QUICK = dict(sft_steps=400, steps=40, prompts_per_step=8, group_size=8, eval_n=200, eval_samples=2, checkpoint_every=10)
+QUICK = dict(steps=45, eval_n=200, eval_samples=2, checkpoint_every=10)
 
 
 def resolve_init(cfg: RLConfig, progress: bool = True) -> str:
     """The checkpoint the policy starts from: ``init_from``, or the cached SFT warm start."""
     if cfg.init_from:
         return cfg.init_from
-    from .sft import SFTConfig, cached_sft
+    from .sft import cached_sft
 
-    return str(cached_sft(SFTConfig(task=cfg.task, task_seed=cfg.task_seed, model=cfg.model, steps=cfg.sft_steps),
-                          progress=progress))
+    return str(cached_sft(warm_start_config(cfg), progress=progress))
+
+
+def warm_start_config(cfg: RLConfig):
+    """The SFT settings of the warm start an RL run without ``init_from`` begins from."""
+    from .sft import SFTConfig
+
+    return SFTConfig(task=cfg.task, task_seed=cfg.task_seed, model=cfg.model, steps=cfg.sft_steps,
+                     target_success=cfg.sft_target, check_from=cfg.sft_steps // 2)
 
 
 def _lr(cfg: RLConfig, step: int) -> float:
@@ -180,7 +188,6 @@ class Trainer:
             rounds += 1
             model_tokens += st.model_tokens
             roll_s += st.seconds
-            gid0 = len(groups) // cfg.group_size if groups else 0
             base = (rounds - 1) * cfg.prompts_per_step
             examples += ex
             rollouts += ro
@@ -188,7 +195,6 @@ class Trainer:
             groups += [base + i // cfg.group_size for i in range(len(ro))]
             if first is None:
                 first = (list(ve), list(ro))
-            del gid0
             if not cfg.dynamic_sampling:
                 break
             scores = torch.tensor([v.reward for v in verdicts], dtype=torch.float64)
@@ -229,8 +235,9 @@ class Trainer:
             t2 = time.perf_counter()
             mb = _rows(batch, idx)
             logp, ent = sequence_logprobs(self.model, mb, cfg.temperature, cfg.top_p, with_entropy=True)
-            loss, m = policy_objective(logp, old[idx], adv[idx], mb["response_mask"], self.algo,
-                                       ref_logp=None if ref is None else ref[idx], entropy=ent)
+            L = mb["response"].shape[1]
+            loss, m = policy_objective(logp, old[idx, :L], adv[idx, :L], mb["response_mask"], self.algo,
+                                       ref_logp=None if ref is None else ref[idx, :L], entropy=ent)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
@@ -263,7 +270,14 @@ class Trainer:
 
 
 def _rows(batch: dict, idx: torch.Tensor) -> dict:
-    return {k: v[idx] for k, v in batch.items()}
+    """Rows ``idx`` of a collated batch, with the padding none of them needs cut off."""
+    out = {k: v[idx] for k, v in batch.items()}
+    L = int(out["token_mask"].sum(-1).max().clamp(min=1))
+    T = int((out["prompt_lens"] + out["token_mask"].sum(-1).long()).max())
+    for k in ("response", "response_mask", "token_mask", "old_logprobs", "turn_ids"):
+        out[k] = out[k][:, :L]
+    out["input_ids"] = out["input_ids"][:, :T]
+    return out
 
 
 def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = False, progress: bool = True,
