@@ -110,6 +110,13 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path, init):
         assert r["sampling_rounds"] >= 1 and r["kept_rollouts"] % 4 == 0
 
 
+def test_speculative_rollouts_train_too(tmp_path, init):
+    out = tmp_path / "spec"
+    train_rl(RLConfig(**{**SMALL, "steps": 1, "num_draft": 1}), out, init=init, rewards=digits_reward, progress=False)
+    row = runs.read_metrics(out / "metrics.jsonl")[0]
+    assert 1.0 <= row["acceptance_length"] <= 2.0 and row["logprob_gap"] < 1e-3
+
+
 def test_config_errors_are_named():
     with pytest.raises(ValueError, match="group_size: expected a positive int"):
         RLConfig(group_size=0).validate()

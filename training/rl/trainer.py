@@ -165,14 +165,14 @@ class Trainer:
         self.train_examples = self.task.examples("train")
         self.params = task_sampling(self.task, cfg.temperature, cfg.top_p, cfg.num_draft)
         self.algo = cfg.algo(max_response_len=self.params.max_new_tokens)
+        self.engine = RolloutEngine(policy, self.tok, self.params)  # checks num_draft against the model now
 
     # ------------------------------------------------------------------ one step
 
     def _sample(self, n_prompts: int):
         picks = torch.randint(0, len(self.train_examples), (n_prompts,), generator=self.generator).tolist()
         examples = [self.train_examples[i] for i in picks for _ in range(self.cfg.group_size)]
-        engine = RolloutEngine(self.policy, self.tok, self.params)
-        rollouts, stats = engine.generate([prompt_ids(e, self.tok) for e in examples], TaskEnv(self.task, examples),
+        rollouts, stats = self.engine.generate([prompt_ids(e, self.tok) for e in examples], TaskEnv(self.task, examples),
                                           self.generator)
         verdicts = [self.task.verify(e, self.tok.decode(r.tokens)) for e, r in zip(examples, rollouts)]
         return examples, rollouts, verdicts, stats
@@ -181,13 +181,14 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         examples, rollouts, verdicts, groups = [], [], [], []
-        model_tokens, roll_s, rounds = 0, 0.0, 0
+        model_tokens, roll_s, rounds, accept = 0, 0.0, 0, []
         first = None
         while True:
             ex, ro, ve, st = self._sample(cfg.prompts_per_step)
             rounds += 1
             model_tokens += st.model_tokens
             roll_s += st.seconds
+            accept.append(st.acceptance_length)
             base = (rounds - 1) * cfg.prompts_per_step
             examples += ex
             rollouts += ro
@@ -207,6 +208,8 @@ class Trainer:
         metrics = self._rollout_metrics(*first)
         metrics.update({"tokens_per_s": model_tokens / roll_s if roll_s else 0.0, "sampling_rounds": rounds,
                         "kept_rollouts": len(rollouts)})
+        if cfg.num_draft:
+            metrics["acceptance_length"] = sum(accept) / len(accept)
         if not rollouts:  # dynamic sampling kept nothing: no update this step
             metrics.update({"t_rollout": t_roll, "t_logprob": 0.0, "t_backward": 0.0, "t_optimizer": 0.0, "skipped": 1})
             return metrics
