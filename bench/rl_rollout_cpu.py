@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     task, tok = get_task("lookup"), ByteTokenizer()
     examples = task.examples("heldout", args.batch)
     warm = warm_start_config(RLConfig(task="lookup"))
-    base = cached_sft(warm)
-    mtp = cached_sft(dataclasses.replace(warm, mtp_layers=args.mtp_layers))
+    base = cached_sft(warm, progress=False)
+    mtp = cached_sft(dataclasses.replace(warm, mtp_layers=args.mtp_layers), progress=False)
     models = {"base": load_pretrained(base).eval(), "mtp": load_pretrained(mtp).eval()}
     params = task_sampling(task, 1.0)
     env = TaskEnv(task, examples)

@@ -10,7 +10,7 @@ import torch
 
 from hysparse_kernels import ir
 from hysparse_kernels.models import HybridLM, KVCache, build_model
-from hysparse_kernels.training.rl.kvrows import row_slice, take_rows
+from hysparse_kernels.training.rl.kvrows import put_rows, row_slice, take_rows
 from hysparse_kernels.training.rl.policy import sequence_logprobs
 from hysparse_kernels.training.rl.rollout import RolloutEngine, SamplingParams, collate
 from hysparse_kernels.training.rl.sampling import OUTSIDE_NUCLEUS, policy_logprobs
@@ -247,6 +247,13 @@ def test_kv_row_views_and_copies():
         full = model(torch.tensor([[1, 2, 3, 4, 5, 6, 7]]))[:, -1]
     torch.testing.assert_close(nxt, full)
     assert next(iter(cache.lens.values())).tolist() == [0, 6, 6, 0]  # the copy left the source alone
+    part = take_rows(cache, [1, 2])
+    with torch.no_grad():
+        model(torch.tensor([[7], [7]]), cache=part)
+    put_rows(cache, [1, 2], part)  # the advanced copy goes back
+    assert next(iter(cache.lens.values())).tolist() == [0, 7, 7, 0]
+    with pytest.raises(ValueError, match="src: expected a copy of 3 rows"):
+        put_rows(cache, [0, 1, 2], part)
     with pytest.raises(ValueError, match="lo/hi: expected"):
         row_slice(cache, 3, 3)
     with pytest.raises(ValueError, match="rows: expected a non-empty list"):
@@ -274,3 +281,40 @@ def test_top_p_policy_by_hand():
     assert float(lp[0, 2]) == OUTSIDE_NUCLEUS
     # temperature 0.5 squares and renormalises: 0.25, 0.09, 0.04 over 0.38
     assert policy_logprobs(logits, 0.5)[0].exp().tolist() == pytest.approx([0.25 / 0.38, 0.09 / 0.38, 0.04 / 0.38])
+
+
+@pytest.mark.parametrize("kinds,mtp_window", [("FF", None), ("FW", 4)])
+def test_incremental_drafter_equals_recomputed_drafts(kinds, mtp_window):
+    """The drafter's cached MTP blocks give the drafts and draft distributions a full recompute gives."""
+    from hysparse_kernels.training.rl.rollout_spec import Drafter, draft_batch
+
+    model = toy_model(vocab=8, mtp=3, scale=0.4, kinds=kinds, window=mtp_window)
+    if mtp_window:  # sliding-window MTP blocks
+        from dataclasses import replace
+
+        graph = replace(model.graph, mtp=replace(model.graph.mtp, pattern=ir.SlidingWindow(window=mtp_window, sink=True)))
+        torch.manual_seed(0)
+        model = HybridLM(graph).double().eval()
+    gen = torch.Generator().manual_seed(3)
+    contexts = [[1, 2, 3], [4, 5, 6, 7, 1, 2], [3, 3]]
+    drafter = Drafter(model, len(contexts), 64, 3, torch.float64, "cpu")
+    for rnd in range(6):
+        with torch.no_grad():
+            hidden = [model.hidden_states(torch.tensor([c[:-1]]))[0] for c in contexts]
+        g1, g2 = torch.Generator().manual_seed(rnd), torch.Generator().manual_seed(rnd)
+        d1, q1 = drafter.draft(hidden, contexts, 1.0, 1.0, g1)
+        d2, q2 = draft_batch(model, hidden, contexts, 3, 1.0, 1.0, g2)
+        assert d1 == d2
+        for a, b in zip(q1, q2):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        # commit 1..4 tokens per row (an observation-sized jump now and then)
+        for c in contexts:
+            c += torch.randint(0, 8, (int(torch.randint(1, 5, (1,), generator=gen)) + (5 if rnd == 2 else 0),),
+                               generator=gen).tolist()
+    drafter.take([2, 0])  # compaction keeps the remaining rows' caches
+    contexts = [contexts[2], contexts[0]]
+    with torch.no_grad():
+        hidden = [model.hidden_states(torch.tensor([c[:-1]]))[0] for c in contexts]
+    d1, _ = drafter.draft(hidden, contexts, 0.0, 1.0)
+    d2, _ = draft_batch(model, hidden, contexts, 3, 0.0, 1.0)
+    assert d1 == d2

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from hysparse_kernels.models import KVCache
-from .kvrows import row_slice, take_rows
+from .kvrows import put_rows, row_slice, take_rows
 from .sampling import check_sampling, policy_logprobs, sample_from
 
 FINISH = ("stop", "eos", "length", "turns")
@@ -231,6 +231,27 @@ class RolloutEngine:
             i = j
         return torch.cat(last)
 
+    def append_chunks(self, cache: KVCache, items: list[tuple[int, list[int]]], stats: RolloutStats) -> dict[int, Tensor]:
+        """Append token chunks (observations) to some rows of ``cache``: ``items`` = ``(row, ids)``.
+        Rows whose chunks have the same length run in one forward (on a copy of their cache rows,
+        written back after). Returns each row's hidden states ``[len(ids), D]``."""
+        device = self._device()
+        by_len: dict[int, list[tuple[int, list[int]]]] = {}
+        for slot, ids in items:
+            by_len.setdefault(len(ids), []).append((slot, ids))
+        out = {}
+        for group in by_len.values():
+            ids = torch.tensor([i for _, i in group], device=device)
+            slots = [s for s, _ in group]
+            if len(group) == 1:
+                h = self._forward(ids, _select(cache, slots[0]), stats)
+            else:
+                part = take_rows(cache, slots)
+                h = self._forward(ids, part, stats)
+                put_rows(cache, slots, part)
+            out.update({s: h[j] for j, s in enumerate(slots)})
+        return out
+
     def policy(self, logits: Tensor) -> Tensor:
         return policy_logprobs(logits, self.params.temperature, self.params.top_p)
 
@@ -308,11 +329,12 @@ class RolloutEngine:
                 live, tok = [live[s] for s in keep], tok[keep]
             h = self._forward(tok[:, None].to(device), cache, stats)  # [live, 1, D]
             logits = self.model.logits(h[:, -1])
-            for s, r in enumerate(live):
-                if r.pending_obs is not None and not r.done:
-                    ids = torch.tensor([r.pending_obs], device=device)
+            items = [(s, r.pending_obs) for s, r in enumerate(live) if r.pending_obs is not None and not r.done]
+            if items:
+                for r in live:
                     r.pending_obs = None
-                    logits[s] = self.model.logits(self._forward(ids, _select(cache, s), stats)[0, -1])
+                for s, hs in self.append_chunks(cache, items, stats).items():
+                    logits[s] = self.model.logits(hs[-1])
 
 
 def _select(cache: KVCache, s: int) -> KVCache:

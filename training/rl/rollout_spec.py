@@ -15,16 +15,24 @@ One round for each live row with committed context ``t[0..N-1]`` (the last token
 4. commit the tokens one by one (a stop string, EOS or a limit may end the turn early), and roll
    the cache back to the positions that were both verified and committed.
 
-The MTP blocks keep no cache: each round recomputes them over the last ``K * (window - 1) + 1``
-processed positions of each row (the whole prefix for full-attention blocks), batched over rows
-with right padding (causal attention never lets a real position see a pad).
+The MTP blocks keep their own KV cache (:class:`Drafter`): block ``k`` at position ``p`` reads
+token ``t[p+k]``, so its keys are final once that token is committed; each round block ``k``
+computes only the positions added since the last round plus the ``k - 1`` it computed from
+drafts, and rolls its cache back to the final ones. Rows are batched with right padding (causal
+attention never lets a real position see a pad; the padded keys are rolled back).
+``draft_batch`` is the cache-free recomputation (the reference the drafter is tested against).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import Tensor
 
+from hysparse_kernels.models import KVCache
+from hysparse_kernels.models.layers import Step
+from hysparse_kernels.models.mtp import mtp_layer_spec
 from .kvrows import take_rows
 from .sampling import OUTSIDE_NUCLEUS, policy_logprobs, sample_from
 
@@ -71,55 +79,162 @@ def draft_batch(model, hidden: list[Tensor], contexts: list[list[int]], num_draf
     return drafts, dists
 
 
-def accept(target: Tensor, drafts: list[int], draft_lp: list[Tensor | None], temperature: float,
-           generator=None) -> tuple[list[int], list[float], int]:
-    """Rejection sampling for one row. ``target`` ``[K+1, V]``: policy log-probs at the verified
-    positions; ``drafts`` the K drafts; ``draft_lp[j]`` ``[V]`` the draft policy of draft ``j``.
-    Returns (tokens to commit, their target log-probs, number of drafts accepted)."""
-    out: list[int] = []
-    for j, d in enumerate(drafts):
+class Drafter:
+    """Incremental MTP drafting for a batch of rows, with one KV cache per MTP block.
+
+    Per row and block ``k`` (1-based) it keeps ``final[k][b]``: the block's output hidden states
+    ``[F, D]`` at the positions whose keys are final (``F`` = the block cache's length for that
+    row). ``draft`` computes each block on positions ``F_k .. N-2`` only (``N`` = context length,
+    the last token pending), drafts from position ``N-2``, then keeps ``N - k`` positions.
+    """
+
+    def __init__(self, model, batch: int, capacity: int, num_draft: int, dtype, device):
+        stack = model.model.mtp
+        self.model, self.K = model, num_draft
+        first = model.graph.num_layers
+        specs = [mtp_layer_spec(stack.spec, first + k) for k in range(num_draft)]
+        # a round appends up to (new positions + k) per row, right-padded to the longest row:
+        # the ring's spare slots must cover what is rolled back
+        self.cache = KVCache(SimpleNamespace(layers=specs), batch, capacity, dtype=dtype, device=device,
+                             spare=capacity)
+        self.final: list[list[Tensor | None]] = [[None] * batch for _ in range(num_draft + 1)]
+
+    def take(self, keep: list[int]) -> None:
+        self.cache = take_rows(self.cache, keep)
+        self.final = [[f[s] for s in keep] for f in self.final]
+
+    def _lens(self, k: int) -> list[int]:
+        return self.cache.lens[self.model.graph.num_layers + k - 1].tolist()
+
+    def _block(self, k: int, h: Tensor, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """MTP block ``k`` over new positions with its cache (``MTPBlock.forward`` plus a cache)."""
+        blk = self.model.model.mtp.layers[k - 1]
+        emb = self.model.model.embed_tokens(tokens)
+        x = blk.eh_proj(torch.cat([blk.enorm(emb), blk.hnorm(h)], dim=-1))
+        x = x + blk.self_attn(blk.input_layernorm(x), Step(positions=positions, cache=self.cache))
+        x = x + blk.mlp(blk.post_attention_layernorm(x))
+        return x, blk.final_layernorm(x)
+
+    @torch.no_grad()
+    def draft(self, hidden: list[Tensor], contexts: list[list[int]], temperature: float, top_p: float,
+              generator=None) -> tuple[list[list[int]], list[Tensor | None]]:
+        """Same contract as :func:`draft_batch`; ``hidden[b]`` are the main model's hidden states
+        of all processed positions of row ``b`` (``[N_b - 1, D]``)."""
+        n = len(contexts)
+        device = hidden[0].device
+        N = [len(c) for c in contexts]
+        rows = torch.arange(n, device=device)
+        drafts: list[list[int]] = [[] for _ in range(n)]
+        dists: list[Tensor | None] = []
+        self.final[0] = hidden  # block 0 is the main model: every processed position is final
+        prev_round: list[Tensor] = [hidden[b] for b in range(n)]  # block k-1 outputs, positions from prev_lo
+        prev_lo = [0] * n
+        for k in range(1, self.K + 1):
+            lo = self._lens(k)
+            P = [N[b] - 1 - lo[b] for b in range(n)]
+            Pm = max(P)
+            D = hidden[0].shape[-1]
+            h = torch.zeros(n, Pm, D, dtype=hidden[0].dtype, device=device)
+            tok = torch.zeros(n, Pm, dtype=torch.long, device=device)
+            for b in range(n):
+                # inputs at positions lo..N-2: block k-1's final outputs, then this round's
+                fin = self.final[k - 1][b]
+                n_fin = 0 if fin is None else fin.shape[0]
+                parts = []
+                if lo[b] < min(n_fin, prev_lo[b]):
+                    parts.append(fin[lo[b]:min(n_fin, prev_lo[b])])
+                start = max(lo[b], prev_lo[b])
+                parts.append(prev_round[b][start - prev_lo[b]:N[b] - 1 - prev_lo[b]])
+                h[b, :P[b]] = torch.cat(parts) if len(parts) > 1 else parts[0]
+                ext = contexts[b] + drafts[b]
+                tok[b, :P[b]] = torch.tensor(ext[lo[b] + k:lo[b] + k + P[b]], device=device)
+            positions = torch.tensor(lo, device=device)[:, None] + torch.arange(Pm, device=device)
+            out, normed = self._block(k, h, tok, positions)
+            last = torch.tensor([p - 1 for p in P], device=device)
+            lp = policy_logprobs(self.model.lm_head(normed[rows, last]), temperature, top_p)
+            for b, t in enumerate(sample_from(lp, temperature, generator).tolist()):
+                drafts[b].append(t)
+            dists.append(lp if temperature > 0 else None)
+            keep = [max(0, N[b] - k) for b in range(n)]  # positions 0..N-1-k read committed tokens only
+            self.cache.lens[self.model.graph.num_layers + k - 1].copy_(torch.tensor(keep))
+            for b in range(n):
+                new = out[b, :keep[b] - lo[b]]
+                fin = self.final[k][b]
+                self.final[k][b] = new if fin is None else torch.cat([fin, new])
+            prev_round = [out[b, :P[b]] for b in range(n)]
+            prev_lo = lo
+        return drafts, dists
+
+
+def accept(target: Tensor, drafts: list[list[int]], draft_lp: list[Tensor | None], temperature: float,
+           generator=None) -> list[tuple[list[int], list[float], int]]:
+    """Rejection sampling for a batch of rows. ``target`` ``[n, K+1, V]``: policy log-probs at
+    the verified positions; ``drafts`` ``n`` lists of K drafts; ``draft_lp[j]`` ``[n, V]`` the draft
+    policy of draft ``j`` (None at temperature 0). Returns per row (tokens to commit, their target
+    log-probs, number of drafts accepted). Draws a uniform for every draft of every row; those
+    after a row's first rejection are unused, which leaves the output distribution as it is."""
+    n, K1, _ = target.shape
+    K = K1 - 1
+    rows = torch.arange(n, device=target.device)
+    d = torch.tensor(drafts, dtype=torch.long, device=target.device).view(n, K)
+    if temperature == 0:
+        ok = d == target[:, :K].argmax(-1)
+    else:
+        p_d = target[:, :K].double().gather(-1, d[..., None]).squeeze(-1).exp()
+        q_d = torch.stack([draft_lp[j][rows, d[:, j]] for j in range(K)], 1).double().exp()
+        u = torch.rand(n, K, generator=generator, dtype=torch.float64)
+        ok = u * q_d < p_d  # u < p/q without dividing (q_d > 0: the draft was drawn from q)
+    ok = torch.cat([ok, torch.zeros(n, 1, dtype=torch.bool, device=ok.device)], 1)
+    a = ok.long().cumprod(1).sum(1)  # leading accepted drafts per row
+    last = torch.empty(n, dtype=torch.long, device=target.device)
+    full = a == K
+    if bool(full.any()):  # every draft kept: one more token from the last verified position
+        last[full] = sample_from(target[full, K], temperature, generator)
+    rej = ~full
+    if bool(rej.any()):
+        at = a[rej]
         if temperature == 0:
-            best = int(target[j].argmax())
-            if best != d:
-                return out + [best], _lps(target, out + [best]), j
-            out.append(d)
-            continue
-        p, q = target[j].double().exp(), draft_lp[j].double().exp()
-        p = p.masked_fill(target[j] <= OUTSIDE_NUCLEUS, 0.0)
-        q = q.masked_fill(draft_lp[j] <= OUTSIDE_NUCLEUS, 0.0)
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        if u * float(q[d]) < float(p[d]):  # u < p/q without dividing (q[d] > 0: d was drawn from q)
-            out.append(d)
-            continue
-        residual = torch.clamp(p - q, min=0)
-        token = int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
-        return out + [token], _lps(target, out + [token]), j
-    K = len(drafts)
-    bonus = int(sample_from(target[K:K + 1], temperature, generator)[0])
-    return out + [bonus], _lps(target, out + [bonus]), K
+            last[rej] = target[rej, at].argmax(-1)
+        else:
+            p = target[rej, at].double().exp().masked_fill(target[rej, at] <= OUTSIDE_NUCLEUS, 0.0)
+            q_all = torch.stack([draft_lp[j] for j in range(K)], 1)[rej, at]
+            q = q_all.double().exp().masked_fill(q_all <= OUTSIDE_NUCLEUS, 0.0)
+            residual = torch.clamp(p - q, min=0)
+            last[rej] = torch.multinomial(residual / residual.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+    out = []
+    a_list, last_list, d_list = a.tolist(), last.tolist(), d.tolist()
+    for b in range(n):
+        toks = d_list[b][:a_list[b]] + [last_list[b]]
+        out.append((toks, _lps(target[b], toks), a_list[b]))
+    return out
 
 
 def _lps(target: Tensor, tokens: list[int]) -> list[float]:
-    return [float(target[j, t]) for j, t in enumerate(tokens)]
+    idx = torch.tensor(tokens, device=target.device)
+    return target[torch.arange(len(tokens), device=target.device), idx].tolist()
 
 
-def _settle(engine, row, slot: int, cache, first, env, generator, stats) -> None:
-    """After ``row`` took an observation: append ``first`` (its unprocessed last token, if any)
-    and the observation to its cache, then sample its next (pending) token; repeat while that
-    token itself ends a turn with an observation."""
-    from .rollout import _select
-
+def _settle(engine, live, cache, firsts: dict, env, generator, stats) -> None:
+    """Rows of ``live`` that took an observation: append ``firsts[slot]`` (their unprocessed last
+    token, if any) and the observation to their caches (rows of equal length together), then
+    sample their next (pending) token; repeat while such a token itself ends a turn with an
+    observation."""
     model = engine.model
-    device = engine._device()
-    while row.pending_obs is not None and not row.done:
-        ids = torch.tensor([first + row.pending_obs], device=device)
-        row.pending_obs = None
-        h = engine._forward(ids, _select(cache, slot), stats)[0]  # [s, D]
-        row.hidden.append(h)
-        lp = engine.policy(model.logits(h[-1:]))
+    while True:
+        waiting = [(s, r) for s, r in enumerate(live) if r.pending_obs is not None and not r.done]
+        if not waiting:
+            return
+        items = [(s, firsts.get(s, []) + r.pending_obs) for s, r in waiting]
+        for _, r in waiting:
+            r.pending_obs = None
+        hidden = engine.append_chunks(cache, items, stats)
+        last = torch.stack([hidden[s][-1] for s, _ in waiting])
+        lp = engine.policy(model.logits(last))
         tok = sample_from(lp, engine.params.temperature, generator)
-        engine.commit(row, int(tok[0]), float(lp[0, tok[0]]), env)
-        first = [int(tok[0])]  # if this token took an observation too, it is unprocessed
+        for j, (s, r) in enumerate(waiting):
+            r.hidden.append(hidden[s])
+            engine.commit(r, int(tok[j]), float(lp[j, tok[j]]), env)
+            firsts[s] = [int(tok[j])]  # if this token took an observation too, it is unprocessed
 
 
 def run_speculative(engine, rows, env, generator, stats) -> None:
@@ -128,12 +243,13 @@ def run_speculative(engine, rows, env, generator, stats) -> None:
     model = engine.model
     device = engine._device()
     cache = engine._new_cache(rows)
+    drafter = Drafter(model, len(rows), cache.max_len, K, next(iter(cache.k.values())).dtype, device)
     h_last = engine._prefill(rows, cache, stats)
     lp = engine.policy(model.logits(h_last))
     tok = sample_from(lp, T, generator)
     for s, r in enumerate(rows):
         engine.commit(r, int(tok[s]), float(lp[s, tok[s]]), env)
-        _settle(engine, r, s, cache, [int(tok[s])], env, generator, stats)
+    _settle(engine, rows, cache, {s: [int(t)] for s, t in enumerate(tok.tolist())}, env, generator, stats)
     live = list(rows)
     while True:
         keep = [s for s, r in enumerate(live) if not r.done]
@@ -141,10 +257,13 @@ def run_speculative(engine, rows, env, generator, stats) -> None:
             break
         if len(keep) < len(live):
             cache = take_rows(cache, keep)
+            drafter.take(keep)
             live = [live[s] for s in keep]
         contexts = [r.context for r in live]
-        hidden = [torch.cat(r.hidden) for r in live]
-        drafts, dists = draft_batch(model, hidden, contexts, K, T, p.top_p, generator)
+        hidden = [torch.cat(r.hidden) if len(r.hidden) > 1 else r.hidden[0] for r in live]
+        for r, h in zip(live, hidden):
+            r.hidden = [h]
+        drafts, dists = drafter.draft(hidden, contexts, T, p.top_p, generator)
         ids = torch.tensor([[c[-1]] + d for c, d in zip(contexts, drafts)], device=device)
         h = engine._forward(ids, cache, stats)  # [n, K+1, D]
         target = engine.policy(model.logits(h))  # [n, K+1, V]
@@ -152,9 +271,10 @@ def run_speculative(engine, rows, env, generator, stats) -> None:
         stats.verify_forwards += 1
         keep_len = next(iter(cache.lens.values())).clone()
         firsts = {}
+        verdicts = accept(target, drafts, dists, T, generator)
         for s, r in enumerate(live):
             processed = len(contexts[s]) - 1
-            new, lps, a = accept(target[s], drafts[s], [None if q is None else q[s] for q in dists], T, generator)
+            new, lps, a = verdicts[s]
             stats.drafted += K
             stats.accepted += a
             c = 0
@@ -167,6 +287,4 @@ def run_speculative(engine, rows, env, generator, stats) -> None:
             r.hidden.append(h[s, :verified])
             firsts[s] = [new[c - 1]] if c == a + 1 else []
         cache.rollback(keep_len)
-        for s, r in enumerate(live):
-            if r.pending_obs is not None and not r.done:
-                _settle(engine, r, s, cache, firsts[s], env, generator, stats)
+        _settle(engine, live, cache, firsts, env, generator, stats)
