@@ -14,11 +14,12 @@ and why it stopped.
 * Turns: a turn ends at a stop string (or EOS, or a length limit). With an ``env``, its
   ``observe(row, turn_text)`` returns an observation, which is encoded, appended to that row's
   context by one forward of the observation tokens into its cache (the context before it is not
-  prefilled again) and marked 0 in the mask; ``None`` ends the rollout.
-* Speculative decoding (``num_draft = K > 0``): the model's MTP blocks draft K tokens per live
-  row, the main model scores ``[pending, d1..dK]`` in one forward, and drafts are accepted by
-  rejection sampling (``speculative.accept``), so every token is distributed exactly as the
-  policy and its log-prob is the policy's (greedy acceptance at temperature 0).
+  prefilled again; rows whose observations have the same length share that forward) and marked
+  0 in the mask; ``None`` ends the rollout.
+* Speculative decoding (``num_draft = K > 0``, ``rollout_spec``): the model's MTP blocks (with
+  their own KV caches) draft K tokens per live row, the main model scores ``[pending, d1..dK]``
+  in one forward, and drafts are accepted by rejection sampling, so every token is distributed
+  exactly as the policy and its log-prob is the policy's (greedy acceptance at temperature 0).
 
 No global state: the engine holds the model and settings; randomness comes from the
 ``generator`` passed in, so each data-parallel rank runs its own engine on its own prompts.
