@@ -85,12 +85,28 @@ def test_run_directory_files_and_metrics(tmp_path, init):
     assert json.loads((out / "config.json").read_text())["init"] == init
 
 
-def test_resume_refuses_other_settings(tmp_path, init):
+def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_checkpoints(tmp_path, init):
     out = tmp_path / "run"
     train_rl(RLConfig(**{**SMALL, "steps": 2}), out, init=init, rewards=digits_reward, progress=False, stop_after=2)
     with pytest.raises(ValueError, match="--resume: .* other settings .*lr"):
         train_rl(RLConfig(**{**SMALL, "steps": 2, "lr": 5e-3}), out, init=init, rewards=digits_reward, progress=False,
                  resume=True)
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        train_rl(RLConfig(**{**SMALL, "steps": 2}), out, init=init, rewards=digits_reward, progress=False)
+
+
+def test_resume_skips_a_damaged_checkpoint(tmp_path, init):
+    """A checkpoint cut short is skipped (with a warning) and the run resumes from the one before."""
+    from hysparse_kernels.training.checkpoint import CheckpointWarning
+
+    cfg = RLConfig(**{**SMALL, "checkpoint_every": 1})
+    train_rl(cfg, tmp_path / "a", init=init, rewards=digits_reward, progress=False)
+    train_rl(cfg, tmp_path / "b", init=init, rewards=digits_reward, progress=False, stop_after=2)
+    damaged = tmp_path / "b" / "checkpoints" / "step-000002" / "trainer.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.warns(CheckpointWarning, match="step-000002"):
+        train_rl(cfg, tmp_path / "b", init=init, rewards=digits_reward, progress=False, resume=True)
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
 
 
 def test_dynamic_sampling_keeps_only_groups_with_signal(tmp_path, init):

@@ -67,27 +67,24 @@ def run(args) -> int:
         return 0
     import torch
 
-    from hysparse_kernels.models import CheckpointError
+    # Bad input raises ValueError / OSError naming the argument; the `hysparse` dispatcher prints
+    # it as one line and exits 2.
+    if args.threads < 1:
+        raise ValueError(f"--threads: expected a positive int, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    recipe = get_recipe(args.name)
+    cfg = build_config(recipe, args)
+    if cfg.task not in recipe.tasks:
+        raise ValueError(f"--task: recipe {recipe.name!r} runs on {list(recipe.tasks)}, got {cfg.task!r}")
+    _quiet_warnings()
+    if recipe.run is not None:
+        summary = recipe.run(args, recipe, cfg)
+    else:
+        from .trainer import resolve_init, train_rl
 
-    try:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
-        recipe = get_recipe(args.name)
-        cfg = build_config(recipe, args)
-        if cfg.task not in recipe.tasks:
-            raise ValueError(f"--task: recipe {recipe.name!r} runs on {list(recipe.tasks)}, got {cfg.task!r}")
-        _quiet_warnings()
-        if recipe.run is not None:
-            summary = recipe.run(args, recipe, cfg)
-        else:
-            from .trainer import resolve_init, train_rl
-
-            init = resolve_init(cfg, progress=not args.no_progress)
-            summary = train_rl(cfg, args.out, init=init, rewards=recipe.rewards, resume=args.resume,
-                               progress=not args.no_progress, recipe_name=recipe.name)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        raise SystemExit(f"hysparse recipe {args.action}: error: {e}") from None
+        init = resolve_init(cfg, progress=not args.no_progress)
+        summary = train_rl(cfg, args.out, init=init, rewards=recipe.rewards, resume=args.resume,
+                           progress=not args.no_progress, recipe_name=recipe.name)
     print(json.dumps(summary, indent=2))
     return 0
 

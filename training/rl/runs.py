@@ -16,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -43,10 +44,38 @@ def read_json(path: Path):
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a JSONL file; lines that do not parse (a write cut short by a kill) are
+    skipped with a warning naming them."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no step")
+        except ValueError:
+            bad.append(number)
+            continue
+        rows.append(row)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s) {bad[:5]} (a write cut short)", stacklevel=2)
+    return rows
+
+
+def prepare_out(out: Path, resume: bool, config: dict) -> None:
+    """Before a run writes into ``out``: remove what a killed save left there, refuse a fresh run
+    over an earlier run's checkpoints, and refuse to resume a run written with other settings."""
+    from .. import checkpoint
+
+    out = Path(out)
+    checkpoint.remove_leftovers(out)
+    if not resume and (earlier := checkpoint.candidates(out)):
+        raise ValueError(f"--out: {out} holds checkpoints of an earlier run (newest {earlier[0].name}); "
+                         f"pass --resume to continue it, or choose another --out")
+    if resume:
+        check_resume_config(out, config)
 
 
 def truncate_metrics(path: Path, upto_step: int) -> None:
@@ -70,7 +99,7 @@ def check_resume_config(out: Path, config: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in ("resume", "progress"))
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "checkpoint_every")
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:4])
         raise ValueError(f"--resume: {out} was written with other settings ({changes})")

@@ -113,10 +113,10 @@ def train_sft(cfg: SFTConfig, out, *, resume: bool = False, progress: bool = Tru
     """Run SFT into ``out``; ``stop_after`` ends the run after that many steps (as a crash
     would, for resume tests). Returns a summary."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     config = dataclasses.asdict(cfg)
-    if resume:
-        runs.check_resume_config(out, config)
+    settings = {k: v for k, v in config.items() if k != "checkpoint_every"}
+    runs.prepare_out(out, resume, config)
+    out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg.task, cfg.task_seed)
     tok = ByteTokenizer()
     model = build_policy(cfg.model, cfg.mtp_layers, init_from=cfg.init_from, seed=cfg.seed)
@@ -125,8 +125,8 @@ def train_sft(cfg: SFTConfig, out, *, resume: bool = False, progress: bool = Tru
     gen = torch.Generator().manual_seed(cfg.seed)
     metrics = out / "metrics.jsonl"
     start = 0
-    if resume and (ckpt := checkpoint.latest(out)) is not None:
-        start = checkpoint.load(ckpt, model, optimizer, gen)["step"]
+    if resume and (meta := checkpoint.resume(out, model, optimizer, gen, settings)) is not None:
+        start = meta["step"]
         runs.truncate_metrics(metrics, start)
         if (out / "checks.jsonl").exists():
             runs.truncate_metrics(out / "checks.jsonl", start)
@@ -172,7 +172,8 @@ def train_sft(cfg: SFTConfig, out, *, resume: bool = False, progress: bool = Tru
             reached = dev >= cfg.target_success
             model.train()
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or reached:
-            checkpoint.save(out, step + 1, model, optimizer, gen, {"model": model.graph.name, "recipe": "sft"})
+            checkpoint.save(out, step + 1, model, optimizer, gen,
+                            {"model": model.graph.name, "recipe": "sft", "settings": settings})
         if reached:
             break
     if bar is not None:

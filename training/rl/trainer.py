@@ -41,6 +41,13 @@ from .rollout import RolloutEngine, collate
 from .tasks import OUTCOMES, get_task
 
 TIMING_KEYS = ("t_rollout", "t_logprob", "t_backward", "t_optimizer", "t_step", "tokens_per_s")
+# Settings that do not change what a run computes: a resume may change them.
+NOT_RUN_SETTINGS = ("checkpoint_every",)
+
+
+def run_settings(config: dict) -> dict:
+    """What identifies a run: a checkpoint resumes only under the same values."""
+    return {k: v for k, v in config.items() if k not in NOT_RUN_SETTINGS}
 
 
 @dataclass
@@ -290,15 +297,15 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
     out = Path(out)
     main = distributed.is_main()
     config = {**dataclasses.asdict(cfg), "init": str(init)}
-    if resume:
-        runs.check_resume_config(out, config)
+    settings = run_settings(config)
+    runs.prepare_out(out, resume, config)
     trainer = Trainer(cfg, init, rewards)
     metrics_path = out / "metrics.jsonl"
     start = 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    if resume and (ckpt := checkpoint.latest(out)) is not None:
-        start = checkpoint.load(ckpt, trainer.policy, trainer.optimizer, trainer.generator)["step"]
+    if resume and (meta := checkpoint.resume(out, trainer.policy, trainer.optimizer, trainer.generator, settings)):
+        start = meta["step"]
         if main:
             runs.truncate_metrics(metrics_path, start)
     else:
@@ -329,7 +336,7 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
             bar.set_postfix(reward=f"{m['reward']:.2f}", kl=f"{m.get('kl', 0.0):.3f}")
         if main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             checkpoint.save(out, step + 1, trainer.policy, trainer.optimizer, trainer.generator,
-                            {"model": trainer.policy.graph.name, "recipe": recipe_name or cfg.recipe})
+                            {"model": trainer.policy.graph.name, "recipe": recipe_name or cfg.recipe, "settings": settings})
     if bar is not None:
         bar.close()
     if end < cfg.steps:
