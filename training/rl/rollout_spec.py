@@ -82,29 +82,37 @@ def draft_batch(model, hidden: list[Tensor], contexts: list[list[int]], num_draf
 class Drafter:
     """Incremental MTP drafting for a batch of rows, with one KV cache per MTP block.
 
-    Per row and block ``k`` (1-based) it keeps ``final[k][b]``: the block's output hidden states
-    ``[F, D]`` at the positions whose keys are final (``F`` = the block cache's length for that
-    row). ``draft`` computes each block on positions ``F_k .. N-2`` only (``N`` = context length,
-    the last token pending), drafts from position ``N-2``, then keeps ``N - k`` positions.
+    Buffers, per row and absolute position: ``buf[0]`` the main model's hidden states, ``buf[k]``
+    block ``k``'s outputs, ``tok`` the context (and this round's drafts). Block ``k``'s cache
+    length ``F_k`` counts its final positions (``p <= N-1-k``: token ``t[p+k]`` committed). Each
+    round computes block ``k`` on positions ``F_k .. N-2`` only (``N`` = context length, the last
+    token pending), gathering its inputs from ``buf[k-1]`` and ``tok``, drafts from position
+    ``N-2``, and keeps ``N - k`` positions. Positions past a row's end (right padding) are
+    computed and rolled back; they are never read.
     """
 
     def __init__(self, model, batch: int, capacity: int, num_draft: int, dtype, device):
         stack = model.model.mtp
-        self.model, self.K = model, num_draft
-        first = model.graph.num_layers
-        specs = [mtp_layer_spec(stack.spec, first + k) for k in range(num_draft)]
-        # a round appends up to (new positions + k) per row, right-padded to the longest row:
-        # the ring's spare slots must cover what is rolled back
+        self.model, self.K, self.capacity = model, num_draft, capacity
+        self.layer0 = model.graph.num_layers
+        specs = [mtp_layer_spec(stack.spec, self.layer0 + k) for k in range(num_draft)]
+        # the spare slots let a ring take a round's padded positions and roll them back
         self.cache = KVCache(SimpleNamespace(layers=specs), batch, capacity, dtype=dtype, device=device,
                              spare=capacity)
-        self.final: list[list[Tensor | None]] = [[None] * batch for _ in range(num_draft + 1)]
+        D = model.graph.hidden
+        self.buf = [torch.zeros(batch, capacity, D, dtype=dtype, device=device) for _ in range(num_draft + 1)]
+        self.tok = torch.zeros(batch, capacity + num_draft + 1, dtype=torch.long, device=device)
+        self.filled = [0] * batch  # positions of buf[0] written
+        self.written = [0] * batch  # context tokens written into tok
 
     def take(self, keep: list[int]) -> None:
+        """Keep rows ``keep`` (in that order), as the main cache's compaction does."""
         self.cache = take_rows(self.cache, keep)
-        self.final = [[f[s] for s in keep] for f in self.final]
-
-    def _lens(self, k: int) -> list[int]:
-        return self.cache.lens[self.model.graph.num_layers + k - 1].tolist()
+        index = torch.as_tensor(keep, dtype=torch.long, device=self.tok.device)
+        self.buf = [b.index_select(0, index) for b in self.buf]
+        self.tok = self.tok.index_select(0, index)
+        self.filled = [self.filled[s] for s in keep]
+        self.written = [self.written[s] for s in keep]
 
     def _block(self, k: int, h: Tensor, tokens: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """MTP block ``k`` over new positions with its cache (``MTPBlock.forward`` plus a cache)."""
@@ -121,49 +129,40 @@ class Drafter:
         """Same contract as :func:`draft_batch`; ``hidden[b]`` are the main model's hidden states
         of all processed positions of row ``b`` (``[N_b - 1, D]``)."""
         n = len(contexts)
-        device = hidden[0].device
-        N = [len(c) for c in contexts]
+        device = self.tok.device
+        N_list = [len(c) for c in contexts]
+        if max(N_list) + self.K >= self.capacity:
+            raise ValueError(f"contexts: longer than the drafter's capacity {self.capacity}")
+        for b in range(n):  # only what arrived since the last round
+            if self.filled[b] < N_list[b] - 1:
+                self.buf[0][b, self.filled[b]:N_list[b] - 1] = hidden[b][self.filled[b]:N_list[b] - 1]
+                self.filled[b] = N_list[b] - 1
+            if self.written[b] < N_list[b]:
+                self.tok[b, self.written[b]:N_list[b]] = torch.tensor(contexts[b][self.written[b]:], device=device)
+                self.written[b] = N_list[b]
+        N = torch.tensor(N_list, device=device)
         rows = torch.arange(n, device=device)
-        drafts: list[list[int]] = [[] for _ in range(n)]
+        D = self.buf[0].shape[-1]
+        drafts = torch.zeros(n, self.K, dtype=torch.long, device=device)
         dists: list[Tensor | None] = []
-        self.final[0] = hidden  # block 0 is the main model: every processed position is final
-        prev_round: list[Tensor] = [hidden[b] for b in range(n)]  # block k-1 outputs, positions from prev_lo
-        prev_lo = [0] * n
         for k in range(1, self.K + 1):
-            lo = self._lens(k)
-            P = [N[b] - 1 - lo[b] for b in range(n)]
-            Pm = max(P)
-            D = hidden[0].shape[-1]
-            h = torch.zeros(n, Pm, D, dtype=hidden[0].dtype, device=device)
-            tok = torch.zeros(n, Pm, dtype=torch.long, device=device)
-            for b in range(n):
-                # inputs at positions lo..N-2: block k-1's final outputs, then this round's
-                fin = self.final[k - 1][b]
-                n_fin = 0 if fin is None else fin.shape[0]
-                parts = []
-                if lo[b] < min(n_fin, prev_lo[b]):
-                    parts.append(fin[lo[b]:min(n_fin, prev_lo[b])])
-                start = max(lo[b], prev_lo[b])
-                parts.append(prev_round[b][start - prev_lo[b]:N[b] - 1 - prev_lo[b]])
-                h[b, :P[b]] = torch.cat(parts) if len(parts) > 1 else parts[0]
-                ext = contexts[b] + drafts[b]
-                tok[b, :P[b]] = torch.tensor(ext[lo[b] + k:lo[b] + k + P[b]], device=device)
-            positions = torch.tensor(lo, device=device)[:, None] + torch.arange(Pm, device=device)
-            out, normed = self._block(k, h, tok, positions)
-            last = torch.tensor([p - 1 for p in P], device=device)
-            lp = policy_logprobs(self.model.lm_head(normed[rows, last]), temperature, top_p)
-            for b, t in enumerate(sample_from(lp, temperature, generator).tolist()):
-                drafts[b].append(t)
+            lens = self.cache.lens[self.layer0 + k - 1]
+            lo = lens.long()
+            P = N - 1 - lo  # [n] positions to compute per row
+            Pm = int(P.max())
+            pos = lo[:, None] + torch.arange(Pm, device=device)  # [n, Pm]
+            at = pos.clamp(max=self.capacity - 1)
+            h = self.buf[k - 1].gather(1, at[..., None].expand(n, Pm, D))
+            tok = self.tok.gather(1, (pos + k).clamp(max=self.tok.shape[1] - 1))
+            out, normed = self._block(k, h, tok, pos)
+            self.buf[k].scatter_(1, at[..., None].expand(n, Pm, D), out)
+            lp = policy_logprobs(self.model.lm_head(normed[rows, P - 1]), temperature, top_p)
+            d = sample_from(lp, temperature, generator)
+            drafts[:, k - 1] = d
+            self.tok[rows, N + k - 1] = d  # read by the next blocks; overwritten by the context later
             dists.append(lp if temperature > 0 else None)
-            keep = [max(0, N[b] - k) for b in range(n)]  # positions 0..N-1-k read committed tokens only
-            self.cache.lens[self.model.graph.num_layers + k - 1].copy_(torch.tensor(keep))
-            for b in range(n):
-                new = out[b, :keep[b] - lo[b]]
-                fin = self.final[k][b]
-                self.final[k][b] = new if fin is None else torch.cat([fin, new])
-            prev_round = [out[b, :P[b]] for b in range(n)]
-            prev_lo = lo
-        return drafts, dists
+            lens.copy_((N - k).clamp(min=0))  # positions 0..N-1-k read committed tokens only
+        return drafts.tolist(), dists
 
 
 def accept(target: Tensor, drafts: list[list[int]], draft_lp: list[Tensor | None], temperature: float,
@@ -237,6 +236,17 @@ def _settle(engine, live, cache, firsts: dict, env, generator, stats) -> None:
             firsts[s] = [int(tok[j])]  # if this token took an observation too, it is unprocessed
 
 
+class _Tail:
+    """A row's processed hidden states from absolute position ``start`` on, sliced by absolute
+    positions (the drafter reads only the positions it has not stored yet)."""
+
+    def __init__(self, parts: list[Tensor], start: int):
+        self.h, self.start = (torch.cat(parts) if len(parts) > 1 else parts[0]), start
+
+    def __getitem__(self, sl: slice) -> Tensor:
+        return self.h[sl.start - self.start:sl.stop - self.start]
+
+
 def run_speculative(engine, rows, env, generator, stats) -> None:
     p = engine.params
     K, T = p.num_draft, p.temperature
@@ -260,10 +270,10 @@ def run_speculative(engine, rows, env, generator, stats) -> None:
             drafter.take(keep)
             live = [live[s] for s in keep]
         contexts = [r.context for r in live]
-        hidden = [torch.cat(r.hidden) if len(r.hidden) > 1 else r.hidden[0] for r in live]
-        for r, h in zip(live, hidden):
-            r.hidden = [h]
-        drafts, dists = drafter.draft(hidden, contexts, T, p.top_p, generator)
+        tails = [_Tail(r.hidden, drafter.filled[s]) for s, r in enumerate(live)]
+        drafts, dists = drafter.draft(tails, contexts, T, p.top_p, generator)
+        for r in live:
+            r.hidden = []  # the drafter holds them now
         ids = torch.tensor([[c[-1]] + d for c, d in zip(contexts, drafts)], device=device)
         h = engine._forward(ids, cache, stats)  # [n, K+1, D]
         target = engine.policy(model.logits(h))  # [n, K+1, V]
