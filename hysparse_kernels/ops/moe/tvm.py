@@ -10,28 +10,25 @@
 The sort of the ``T*k`` expert ids (a few microseconds) stays in torch. Kernels are built once
 per (shape, dtype, thread count) and cached for the process (a build takes about a second).
 
-Threading: TVM's pool spins between tasks by default. On a small shared CPU, spinning workers
-steal the cores from torch's own threads (and the other way round) and both slow down many
-times over, so unless the user set them this module asks TVM not to spin
-(``TVM_THREAD_POOL_SPIN_COUNT=0``) nor pin threads (``TVM_BIND_THREADS=0``). These are read
-when TVM's thread pool starts, so they only take effect if TVM has not run a parallel kernel yet.
+Threading: ``hysparse_kernels.backends.tvm.threads`` sizes TVM's pool (the usable cores, or
+``TVM_NUM_THREADS``), keeps it from spinning against torch's threads, and picks each launch's
+thread count (``torch.get_num_threads()``; small launches on the calling thread).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import torch
 from torch import Tensor
 
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
-os.environ.setdefault("TVM_BIND_THREADS", "0")
+import tvm
 
-import tvm  # noqa: E402
+from . import tvm_kernels as K
+from ... import tuned
+from ...backends.tvm import threads
 
-from . import tvm_kernels as K  # noqa: E402
-from ... import tuned  # noqa: E402
+threads.prepare()  # size TVM's pool before anything here can start it
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _lock = threading.Lock()
@@ -51,7 +48,8 @@ HEURISTIC = {"gate_up_mr": 2, "gate_up_nr": 2, "down_mr": 4, "down_nr": 2, "mt":
 
 
 def num_threads() -> int:
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    """Threads of TVM's pool (the kernels split their columns into this many slices)."""
+    return threads.policy().pool
 
 
 def _split(N: int, nr: int, threads: int) -> tuple[int, int]:
@@ -126,6 +124,7 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
         return y
     dummy_rows = torch.empty(M, dtype=torch.int64)
     dummy_scale = torch.empty(M, dtype=torch.float64 if dtype == "float64" else torch.float32)
+    threads.before_launch(2.0 * M * N * Kp)
     _gemm_lib(E, N, Kp, "plain", dtype, _rows_per_expert(expert_offsets))["main"](x, dummy_rows, wp, expert_offsets.contiguous(), dummy_scale, y)
     return y
 
@@ -158,6 +157,7 @@ def _moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_i
     h = torch.empty(M, inter, dtype=x.dtype)
     # Without a tuned entry, decode-like calls (about one row per active expert) take the one-row tiles.
     one_row = rpe < 2 and cfg == HEURISTIC
+    threads.before_launch(2.0 * M * 3 * inter * D)  # the three kernels below: gate/up, down, combine
     gu_tile = _TILES_ONE_ROW["gate_up"] if one_row else (cfg["gate_up_mr"], cfg["gate_up_nr"])
     down_tile = _TILES_ONE_ROW["down"] if one_row else (cfg["down_mr"], cfg["down_nr"])
     _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype, rpe, gu_tile, cfg["mt"])["main"](xp, rowtok, wgu, offsets, scale, h)

@@ -10,7 +10,7 @@ from functools import lru_cache
 import torch
 
 from .... import dispatch, tuned
-from ....backends.tvm import cpu_target_spec, get_module
+from ....backends.tvm import cpu_target_spec, get_module, threads
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
@@ -155,6 +155,9 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
         scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
     else:
         tmax = scores = _NO_SCORES
+    # work of the launch (FLOPs of Q @ K^T and P @ V over the keys a query sees), for the thread policy
+    keys = min(Sk, window) if window is not None else (Sk + 1) / 2 if causal else Sk
+    threads.before_launch(2.0 * B * Hq * Sq * keys * (Dqk + Dv))
     lib["prep"](k, v, kt, vp)
     lib["main"](q, kt, vp, kv_len, _sink_arg(sink), out, lse, tmax, scores,
                 int(window) if window is not None else 0, float(scale))
@@ -170,6 +173,8 @@ def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale, con
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
     idx = _c(indices.to(torch.int32)) if sparse else _NO_INDICES
+    keys = indices.shape[-1] * bn if sparse else min(k.shape[2], window) if window is not None else k.shape[2]
+    threads.before_launch(2.0 * B * Hq * Sq * keys * (Dqk + Dv))
     lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink), out, lse,
                 int(window) if window is not None else 0, float(scale))
     return out, lse

@@ -1,0 +1,196 @@
+"""How many threads TVM's kernels run on, and how TVM's pool shares the cores with torch's.
+
+TVM sizes its thread pool once, when the pool starts (on the first parallel kernel, or the first
+call to ``runtime.NumThreads`` / ``runtime.config_threadpool``): ``TVM_NUM_THREADS``, else
+``OMP_NUM_THREADS``, else *half* the hardware threads on x86 (it assumes hyper-threading), so on a
+2-core machine without SMT it would run every kernel on one core. This module sets the pool up
+before it starts and picks the thread count of every launch:
+
+* **pool size**: ``TVM_NUM_THREADS`` when the user set it (TVM reads it itself); else the cores
+  this process may run on (``os.sched_getaffinity``), set through ``runtime.config_threadpool``
+  (no environment variable is written, so child processes choose for themselves).
+* **threads of a kernel**: ``TVM_NUM_THREADS`` when set; else ``torch.get_num_threads()`` at the
+  time of the launch (so ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` govern both engines),
+  capped at the pool size. A launch whose work is below ``SMALL_WORK`` FLOPs runs on the calling
+  thread alone: waking a worker and meeting it at the end costs more than such a kernel, and a
+  worker descheduled by another process stalls the whole call (decode steps of small models).
+* **no spinning**: ``TVM_THREAD_POOL_SPIN_COUNT=0`` and ``TVM_BIND_THREADS=0`` unless the user
+  set them (read when the pool starts). A spinning TVM worker steals the core that torch's
+  OpenMP threads need for the next op, and the other way round; with the two pools at two
+  threads each on two cores, speculative decoding ran slower than plain decoding.
+
+:func:`plan_threads` is the pure policy (tested without touching TVM); :func:`prepare` applies
+it once per process, :func:`before_launch` per kernel launch; :func:`describe` is what
+``hysparse info`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+ENV_THREADS = "TVM_NUM_THREADS"
+ENV_SPIN = "TVM_THREAD_POOL_SPIN_COUNT"
+ENV_BIND = "TVM_BIND_THREADS"
+# Kernels with less work than this (FLOPs) run on the calling thread only. A parallel launch
+# costs a wake-up and a barrier (tens of microseconds without spinning, a scheduler time slice
+# when a worker has been preempted); 2 MFLOP is about 50 us of one AVX2 core's work.
+SMALL_WORK = 2.0e6
+# TVM's AffinityMode: -3 (kSpecifyThreadShareAllCore) sizes the pool from a list of cores and
+# lets every worker run on all of them; 1 (kBig) keeps TVM's own choice of cores.
+_SHARE_ALL_CORES, _BIG = -3, 1
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """The thread policy for given settings.
+
+    ``pool``: workers TVM's pool is created with; ``threads``: threads a large kernel runs on;
+    ``source``: where ``threads`` comes from; ``spin_count`` / ``bind``: the pool's
+    ``TVM_THREAD_POOL_SPIN_COUNT`` / ``TVM_BIND_THREADS`` (strings, as TVM reads them).
+    """
+
+    pool: int
+    threads: int
+    source: str
+    spin_count: str
+    bind: str
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {raw!r}")
+    return value
+
+
+def plan_threads(env: Mapping[str, str], torch_threads: int, cores: int) -> ThreadPlan:
+    """The policy, from the environment, ``torch.get_num_threads()`` and the usable cores.
+
+    Example: ``plan_threads({}, torch_threads=2, cores=2)`` -> pool 2, threads 2;
+    ``plan_threads({"TVM_NUM_THREADS": "1"}, 2, 2)`` -> pool 1, threads 1.
+    """
+    if torch_threads < 1:
+        raise ValueError(f"torch_threads: expected >= 1, got {torch_threads}")
+    if cores < 1:
+        raise ValueError(f"cores: expected >= 1, got {cores}")
+    spin = env.get(ENV_SPIN) or "0"
+    bind = env.get(ENV_BIND) or "0"
+    user = _positive_int(env, ENV_THREADS)
+    if user is not None:
+        return ThreadPlan(user, user, ENV_THREADS, spin, bind)
+    return ThreadPlan(cores, min(torch_threads, cores), "torch.get_num_threads()", spin, bind)
+
+
+# ---------------------------------------------------------------- applying the policy
+
+_lock = threading.Lock()
+_prepared: ThreadPlan | None = None
+_cores: list[str] = []
+_local = threading.local()  # TVM's pool is per calling thread: so is the count it was last given
+
+
+def _runtime_func(name: str):
+    import tvm  # loads TVM's runtime library, which registers its global functions
+
+    return tvm.get_global_func(name)
+
+
+def prepare() -> ThreadPlan:
+    """Apply the policy before TVM's pool starts (idempotent; cheap after the first call).
+
+    Sets the no-spin / no-bind defaults in the environment (TVM reads them when the pool starts)
+    and starts this thread's pool: without ``TVM_NUM_THREADS``, sized to the usable cores. If
+    something started the pool earlier in this process, its size stays as TVM chose it; the
+    thread count per launch still follows the policy within it.
+    """
+    global _prepared
+    if _prepared is not None:
+        return _prepared
+    import torch
+
+    with _lock:
+        if _prepared is not None:
+            return _prepared
+        os.environ.setdefault(ENV_SPIN, "0")
+        os.environ.setdefault(ENV_BIND, "0")
+        plan = plan_threads(os.environ, torch.get_num_threads(), available_cores())
+        if plan.source != ENV_THREADS:
+            try:
+                cpus = sorted(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cpus = list(range(plan.pool))
+            _cores[:] = [str(c) for c in cpus]
+        _prepared = plan
+    use(plan.threads)
+    return plan
+
+
+def policy() -> ThreadPlan:
+    """The policy now (``threads`` follows ``torch.get_num_threads()`` unless TVM_NUM_THREADS is set)."""
+    import torch
+
+    plan = prepare()
+    if plan.source == ENV_THREADS:
+        return plan
+    return ThreadPlan(plan.pool, max(1, min(torch.get_num_threads(), plan.pool)), plan.source, plan.spin_count, plan.bind)
+
+
+def threads_for(work: float | None) -> int:
+    """Threads for a kernel of ``work`` FLOPs (None: a large kernel)."""
+    if work is not None and work < SMALL_WORK:
+        return 1
+    return policy().threads
+
+
+def use(n: int) -> None:
+    """Run this thread's next TVM kernels on ``n`` threads (only calls into TVM when ``n`` changes)."""
+    if getattr(_local, "threads", None) == n:
+        return
+    prepare()
+    # config_threadpool sets the pool's size cap (the list of cores; empty: TVM_NUM_THREADS) and
+    # the workers a launch uses; the first call in a thread creates that thread's pool.
+    if _cores:
+        _runtime_func("runtime.config_threadpool")(_SHARE_ALL_CORES, n, list(_cores))
+    else:
+        _runtime_func("runtime.config_threadpool")(_BIG, n)
+    _local.threads = n
+
+
+def before_launch(work: float | None = None) -> int:
+    """Call right before launching a TVM kernel that does ``work`` FLOPs; returns its thread count."""
+    n = threads_for(work)
+    use(n)
+    return n
+
+
+def describe() -> dict:
+    """Thread counts of both engines, for ``hysparse info``."""
+    import torch
+
+    plan = policy()
+    info = {"torch_threads": torch.get_num_threads(), "cores": available_cores(), **asdict(plan),
+            "small_work_flops": SMALL_WORK}
+    try:
+        use(plan.threads)
+        info["tvm_runtime_threads"] = int(_runtime_func("runtime.NumThreads")())
+    except Exception as e:  # TVM not installed or not loadable: the policy alone
+        info["tvm_runtime_threads"] = None
+        info["tvm_error"] = f"{type(e).__name__}: {e}"
+    return info

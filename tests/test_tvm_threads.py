@@ -1,0 +1,115 @@
+"""Thread policy of the TVM backend (hysparse_kernels.backends.tvm.threads).
+
+The policy is a pure function of the environment, torch's thread count and the usable cores; it is
+tested on given values, never on this machine's. The end-to-end checks run in a child process
+(TVM's pool is per process and starts once) with a pretended CPU affinity, so they hold on any
+machine: TVM's runtime reports the chosen counts and the kernels give the same result on any count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hysparse_kernels.backends.tvm.threads import plan_threads
+
+
+@pytest.mark.parametrize("torch_threads, cores, pool, threads", [
+    (2, 2, 2, 2),   # the 2-core machine: both cores (TVM alone would take half the hardware threads: 1)
+    (1, 2, 2, 1),   # torch.set_num_threads(1) / OMP_NUM_THREADS=1: TVM follows
+    (4, 2, 2, 2),   # more torch threads than usable cores: capped at the cores
+    (8, 16, 16, 8),  # an affinity mask of 16 cores, torch on 8
+    (1, 1, 1, 1),   # taskset to one core
+])
+def test_plan_follows_torch_and_affinity(torch_threads, cores, pool, threads):
+    plan = plan_threads({}, torch_threads=torch_threads, cores=cores)
+    assert (plan.pool, plan.threads, plan.source) == (pool, threads, "torch.get_num_threads()")
+    assert plan.spin_count == "0" and plan.bind == "0"  # no spinning, no pinning by default
+
+
+@pytest.mark.parametrize("value", ["1", "3", "12"])
+def test_user_tvm_num_threads_wins(value):
+    plan = plan_threads({"TVM_NUM_THREADS": value}, torch_threads=2, cores=2)
+    assert (plan.pool, plan.threads, plan.source) == (int(value), int(value), "TVM_NUM_THREADS")
+
+
+def test_user_spin_and_bind_are_kept():
+    plan = plan_threads({"TVM_THREAD_POOL_SPIN_COUNT": "300000", "TVM_BIND_THREADS": "1"}, 2, 2)
+    assert (plan.spin_count, plan.bind) == ("300000", "1")
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_tvm_num_threads_is_named(value):
+    with pytest.raises(ValueError, match="TVM_NUM_THREADS: expected a positive integer"):
+        plan_threads({"TVM_NUM_THREADS": value}, 2, 2)
+
+
+@pytest.mark.parametrize("kw", [dict(torch_threads=0, cores=2), dict(torch_threads=2, cores=0)])
+def test_bad_counts_are_named(kw):
+    with pytest.raises(ValueError, match="expected >= 1"):
+        plan_threads({}, **kw)
+
+
+_CHILD = textwrap.dedent("""
+    import json, os, sys
+    cores = json.loads(sys.argv[1])
+    if cores is not None:
+        os.sched_getaffinity = lambda pid: set(range(cores))  # pretend this affinity mask
+    import torch
+    if len(sys.argv) > 2:
+        torch.set_num_threads(int(sys.argv[2]))
+    import tvm
+    from hysparse_kernels.backends.tvm import threads
+    import hysparse_kernels as hk
+    nthreads = tvm.get_global_func("runtime.NumThreads")
+    out = {"plan": threads.prepare().__dict__, "runtime_after_prepare": nthreads(),
+           "spin_env": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT")}
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 40, 32); k = torch.randn(1, 2, 40, 32); v = torch.randn(1, 2, 40, 32)
+    outs = []
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        out[f"threads_for_large_at_torch_{n}"] = threads.before_launch(None)
+        out[f"runtime_at_torch_{n}"] = nthreads()
+        outs.append(hk.attention(q, k, v, backend="tvm"))
+    out["small"] = threads.before_launch(threads.SMALL_WORK / 2)
+    out["runtime_small"] = nthreads()
+    out["same_results"] = all(bool((o == outs[0]).all()) for o in outs)
+    print(json.dumps(out))
+""")
+
+
+def _child(env_extra: dict, cores, torch_threads=None) -> dict:
+    pytest.importorskip("tvm", reason="apache-tvm is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT")}
+    env.update(env_extra)
+    args = [sys.executable, "-c", _CHILD, json.dumps(cores)] + ([str(torch_threads)] if torch_threads else [])
+    res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_pool_sized_to_the_affinity_and_following_torch():
+    # A pretended 3-core mask: the pool gets 3 workers whatever the machine has (TVM alone would
+    # size it to half the hardware threads), and each launch uses torch's current count.
+    out = _child({}, cores=3, torch_threads=3)
+    assert out["plan"]["pool"] == 3 and out["runtime_after_prepare"] == 3
+    assert out["spin_env"] == "0"
+    for n in (1, 2, 3):
+        assert out[f"threads_for_large_at_torch_{n}"] == n and out[f"runtime_at_torch_{n}"] == n
+    assert out["small"] == 1 and out["runtime_small"] == 1  # small kernels on the calling thread
+    assert out["same_results"]  # each task writes its own rows: any thread count, same bits
+
+
+def test_user_settings_respected_in_process():
+    out = _child({"TVM_NUM_THREADS": "2", "TVM_THREAD_POOL_SPIN_COUNT": "1000"}, cores=3, torch_threads=3)
+    assert out["plan"]["source"] == "TVM_NUM_THREADS" and out["plan"]["pool"] == 2
+    assert out["runtime_after_prepare"] == 2 and out["spin_env"] == "1000"
+    for n in (1, 2, 3):  # the user's count holds whatever torch is set to
+        assert out[f"threads_for_large_at_torch_{n}"] == 2 and out[f"runtime_at_torch_{n}"] == 2
+    assert out["same_results"]
