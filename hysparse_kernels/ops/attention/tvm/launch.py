@@ -254,14 +254,3 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
     if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0 or indices.shape[-1] == 0:
         return _reference("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale)
     return _run_rows("sparse_attention_decode", q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, None, scale)
-
-
-def attention_bwd(dout, dlse, q, k, v, sink, out, lse, causal, window, scale):
-    """Gradients ``(dq, dk, dv, dsink)`` computed with the **reference path** (no TVM backward yet):
-    autograd through the materialised float32 forward, recomputed from q, k, v."""
-    return _reference("attention_bwd")(dout, dlse, q, k, v, sink, out, lse, causal, window, scale)
-
-
-def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale):
-    """Gradients of sparse attention computed with the **reference path** (no TVM backward yet)."""
-    return _reference("sparse_attention_bwd")(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale)
