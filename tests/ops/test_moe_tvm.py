@@ -61,6 +61,24 @@ def test_grouped_gemm_tvm_matches_reference(counts, dtype, atol):
     assert_close_to_reference(y, ref64, ref_lp, atol=atol)
 
 
+@pytest.mark.parametrize("shape", [(300, 4, 2, 64, 48), (130, 6, 3, 20, 10)], ids=_sid)
+@pytest.mark.parametrize("dtype,atol", [DTYPES[0], DTYPES[2]], ids=["fp32", "fp64"])
+def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
+    """Large segments run one BLAS GEMM per expert (the threshold lowered to reach it here)."""
+    from hysparse_kernels.ops.moe import tvm as moe_tvm
+
+    monkeypatch.setattr(moe_tvm, "BLAS_ROWS", 1)
+    calls = []
+    real = moe_tvm._moe_blas
+    monkeypatch.setattr(moe_tvm, "_moe_blas", lambda *a: calls.append(1) or real(*a))
+    x, wgu, wd, w, ids = _data(*shape)
+    out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)
+    assert calls and out.dtype == dtype and out.shape == x.shape
+    ref64 = R.moe(x, wgu, wd, w.double(), ids)
+    ref_lp = None if dtype == torch.float64 else R.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids)
+    assert_close_to_reference(out, ref64, ref_lp, atol=atol)
+
+
 def test_moe_tvm_all_tokens_to_one_expert():
     x, wgu, wd, _, _ = _data(9, 4, 1, 32, 16)
     ids = torch.full((9, 1), 2, dtype=torch.int32)
