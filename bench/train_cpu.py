@@ -52,14 +52,16 @@ def measure(model_name: str, batch: int, seq: int, steps: int, profile: bool) ->
         return float(loss.detach())
 
     step(0)  # warm-up: kernel builds, allocator
-    times = []
+    times, cpu = [], []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(i + 1)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
+    # CPU time (all threads of the process): the steadier measure of the work on a shared machine
     out = {"model": model_name, "batch": batch, "seq": seq, "step_s": med, "tokens_per_s": batch * seq / med,
-           "times": times, "threads": torch.get_num_threads(), "load": os.getloadavg()}
+           "cpu_s": statistics.median(cpu), "times": times, "threads": torch.get_num_threads(), "load": os.getloadavg()}
     try:
         from hysparse_kernels.backends.tvm.threads import policy
 
@@ -83,8 +85,9 @@ def measure(model_name: str, batch: int, seq: int, steps: int, profile: bool) ->
 def compare(other: str, rounds: int, args) -> None:
     """Alternate child processes of this interpreter and ``other``; medians and the ratio."""
     cmd = [__file__, "--model", args.model, "--batch", str(args.batch), "--seq", str(args.seq),
-           "--steps", str(args.steps), "--child"]
+           "--steps", str(args.steps), "--child"] + (["--threads", str(args.threads)] if args.threads else [])
     runs = {"this": [], "other": []}
+    cpu = {"this": [], "other": []}
     for r in range(rounds):
         for name, py in (("other", other), ("this", sys.executable)):
             res = subprocess.run([py, *cmd], capture_output=True, text=True, cwd=os.path.dirname(__file__) or ".")
@@ -92,10 +95,12 @@ def compare(other: str, rounds: int, args) -> None:
                 raise SystemExit(f"{name} ({py}) failed:\n{res.stderr[-2000:]}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
             runs[name].append(row["tokens_per_s"])
+            cpu[name].append(row["cpu_s"])
             print(f"round {r} {name}: {row['tokens_per_s']:.0f} tokens/s (step {row['step_s'] * 1e3:.0f} ms, "
-                  f"load {row['load'][0]:.1f})", flush=True)
+                  f"CPU {row['cpu_s'] * 1e3:.0f} ms, load {row['load'][0]:.1f})", flush=True)
     this, base = statistics.median(runs["this"]), statistics.median(runs["other"])
-    print(f"median tokens/s: this {this:.0f}, other {base:.0f}: {this / base:.2f}x")
+    print(f"median tokens/s: this {this:.0f}, other {base:.0f}: {this / base:.2f}x; CPU time per step: this "
+          f"{statistics.median(cpu['this']) * 1e3:.0f} ms, other {statistics.median(cpu['other']) * 1e3:.0f} ms")
 
 
 def main(argv=None) -> None:
@@ -108,6 +113,7 @@ def main(argv=None) -> None:
     ap.add_argument("--json", default=None, help="write the result to this file")
     ap.add_argument("--against", default=None, help="another Python interpreter to compare with, round by round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: torch's own)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import warnings
@@ -116,12 +122,16 @@ def main(argv=None) -> None:
     if args.against:
         compare(args.against, args.rounds, args)
         return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     res = measure(args.model, args.batch, args.seq, args.steps, args.profile)
     if args.child:
         print(json.dumps(res))
         return
     print(f"{res['model']}: batch {res['batch']} x {res['seq']} tokens, step {res['step_s'] * 1e3:.0f} ms "
-          f"(median of {len(res['times'])}), {res['tokens_per_s']:.0f} tokens/s, torch threads {res['threads']}, "
+          f"(median of {len(res['times'])}; CPU {res['cpu_s'] * 1e3:.0f} ms), {res['tokens_per_s']:.0f} tokens/s, torch threads {res['threads']}, "
           f"TVM threads {res.get('tvm_threads', '?')}, load {res['load'][0]:.1f}")
     if "profile" in res:
         print("  self CPU time by op:")
