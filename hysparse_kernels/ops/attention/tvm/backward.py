@@ -30,10 +30,12 @@ written by exactly one task: no atomics, and any thread count gives the same bit
 
 Non-finite values: a pair (query, key) the query cannot see contributes nothing to any gradient,
 whatever its q, k, v or dO rows hold. P and dS are *selected* to 0 there (never computed as
-exp(-inf) or multiplied), and in tiles where some pairs are masked (the causal diagonal, the
-window's edges) the three accumulating GEMMs select each product by visibility, because
-0 * NaN would still be NaN. Keys past the end are zero padding in scratch. In fully visible
-tiles the products are plain, so NaN in a visible input reaches every gradient it feeds.
+exp(-inf) or multiplied). In a tile where some pairs are masked (the causal diagonal, the
+window's edges) and the K block or the tile's Q / dO rows hold a non-finite value (flags taken
+while loading them into scratch), the three accumulating GEMMs also select each product by
+visibility, because 0 * NaN would still be NaN; every other tile multiplies plainly (selecting
+in every masked tile cost 25-40% of the whole kernel), so NaN in a visible input reaches every
+gradient it feeds.
 
 All arithmetic is fp32 (bf16 / fp16 inputs widened on load, dK / dV rounded on store).
 """
@@ -45,12 +47,22 @@ from tvm.script import tirx as T
 
 from tvm import tirx
 
-from .common import fast_exp, f32, loop_kinds, row_tile, vec_width
+from .common import _C1, _C2, _LOG2E, _P, EXP_LO, f32, loop_kinds, row_tile, vec_width
 
 
 def _exp(x):
-    """``fast_exp`` that keeps NaN (its clamp would turn a NaN logit into a finite number)."""
-    return tirx.Select(tirx.isnan(x), x, fast_exp(x))
+    """``fast_exp`` whose clamp keeps NaN (a NaN logit must reach the output): TVM lowers
+    ``max(a, b)`` to ``a > b ? a : b``, which gives ``b`` when ``b`` is NaN, so x goes last (an
+    ``isnan`` select does not vectorise: it cost 2x on the whole kernel)."""
+    xc = tirx.min(f32(88.0), tirx.max(f32(EXP_LO), x))
+    n = tirx.floor(xc * f32(_LOG2E) + f32(0.5))
+    r = xc - n * f32(_C1) - n * f32(_C2)
+    y = f32(_P[0])
+    for c in _P[1:]:
+        y = y * r + f32(c)
+    y = y * r * r + r + f32(1.0)
+    pow2 = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
+    return tirx.Select(x < f32(EXP_LO), f32(0.0), y * pow2)
 
 
 def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, causal: bool,
@@ -72,6 +84,8 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
     EV = vec_width(dv)  # lanes over the v head dim (dV)
     JT = row_tile(bn, (4, 2, 1))  # keys per register tile of dK / dV
     CR = max(RT * JV, JT * QV, JT * EV, RT * QV)
+    FL = vec_width(dqk, (8, 4, 2, 1))  # lanes of the finite checks (at most one AVX2 register)
+    FLV = vec_width(dv, tuple(w for w in (8, 4, 2, 1) if w <= FL))
     CAUSAL, WIN, SPARSE = causal, has_window, sparse
     PAR, VEC, SCOPE = loop_kinds(target_kind)
 
@@ -112,7 +126,9 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
             dSs = T.alloc_buffer((R, BN), "float32", scope=SCOPE)  # dP, then dS
             Qi = T.alloc_buffer((BM,), "int32", scope=SCOPE)  # query index of each slot, -1: empty
             Creg = T.alloc_buffer((CR,), "float32", scope=SCOPE)
-            Ib = T.alloc_buffer((4,), "int32", scope=SCOPE)  # query list [lo, hi), masked-tile flag
+            Ib = T.alloc_buffer((4,), "int32", scope=SCOPE)  # query list [lo, hi), select-in-GEMMs flag
+            Fl = T.alloc_buffer((FL,), "float32", scope=SCOPE)  # lane flags: a non-finite value seen
+            Sc = T.alloc_buffer((2,), "float32", scope=SCOPE)  # flags: K block, K block or tile rows
             b = task // (Hkv * C)
             hk = task // C % Hkv
             c = task % C
@@ -122,9 +138,14 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
                 n = c + nn * C
                 j0 = n * BN
                 nv = T.min(BN, Sk - j0)  # keys of this block present
+                for l in VEC(FL):
+                    Fl[l] = f32(0.0)
                 for j in range(BN):
                     for d in VEC(DQK):
                         Kr[j, d] = T.if_then_else(j < nv, T.Cast("float32", K[b, hk, T.min(j0 + j, Sk - 1), d]), f32(0.0))
+                    for do in range(DQK // FL):
+                        for l in VEC(FL):
+                            Fl[l] = T.max(Fl[l], T.Select(T.abs(Kr[j, do * FL + l]) <= T.max_value("float32"), f32(0.0), f32(1.0)))
                     for d in range(DQK):
                         Kt[d, j] = Kr[j, d]
                     for e in range(DV):
@@ -133,6 +154,9 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
                         dKa[j, d] = f32(0.0)
                     for e in VEC(DV):
                         dVa[j, e] = f32(0.0)
+                Sc[0] = f32(0.0)  # 1: the block's K holds NaN or +-inf
+                for l in range(FL):
+                    Sc[0] = T.max(Sc[0], Fl[l])
                 # the queries that see this block: entries [lo, hi) of the list
                 if SPARSE:
                     Ib[0] = QOff[(b * Hkv + hk) * NB + n]
@@ -151,14 +175,6 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
                             Qi[s] = T.if_then_else(Ib[0] + t * BM + s < Ib[1], QIdx[T.min(Ib[0] + t * BM + s, Ib[1] - 1)], -1)
                         else:
                             Qi[s] = T.if_then_else(Ib[0] + t * BM + s < Ib[1], Ib[0] + t * BM + s, -1)
-                    # masked pairs in this tile? (queries ascend: the first has the smallest position)
-                    Ib[2] = 0
-                    if CAUSAL or SPARSE:
-                        if j0 + nv - 1 > off + Qi[0]:
-                            Ib[2] = 1
-                    if WIN:
-                        if j0 <= off + Qi[T.min(Ib[1] - Ib[0] - t * BM, BM) - 1] - window:
-                            Ib[2] = 1
                     for r in range(R):
                         for d in VEC(DQK):
                             Qs[r, d] = T.if_then_else(
@@ -168,6 +184,32 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
                                 Qi[r % BM] >= 0, T.Cast("float32", DO[b, hk * G + r // BM, T.max(Qi[r % BM], 0), e]), f32(0.0))
                         Ls[r] = Lse[b, hk * G + r // BM, T.max(Qi[r % BM], 0)]
                         Dl[r] = Delta[b, hk * G + r // BM, T.max(Qi[r % BM], 0)]
+                    # The accumulating GEMMs select by visibility only where it matters: in a tile
+                    # with masked pairs (queries ascend: the first has the smallest position) whose
+                    # K block or Q / dO rows hold a non-finite value (0 * NaN = NaN).
+                    Ib[2] = 0
+                    if CAUSAL or SPARSE:
+                        if j0 + nv - 1 > off + Qi[0]:
+                            Ib[2] = 1
+                    if WIN:
+                        if j0 <= off + Qi[T.min(Ib[1] - Ib[0] - t * BM, BM) - 1] - window:
+                            Ib[2] = 1
+                    if Ib[2] == 1:
+                        Sc[1] = Sc[0]
+                        if Sc[1] == f32(0.0):
+                            for l in VEC(FL):
+                                Fl[l] = f32(0.0)
+                            for r in range(R):
+                                for do in range(DQK // FL):
+                                    for l in VEC(FL):
+                                        Fl[l] = T.max(Fl[l], T.Select(T.abs(Qs[r, do * FL + l]) <= T.max_value("float32"), f32(0.0), f32(1.0)))
+                                for eo in range(DV // FLV):
+                                    for l in VEC(FLV):
+                                        Fl[l] = T.max(Fl[l], T.Select(T.abs(dOs[r, eo * FLV + l]) <= T.max_value("float32"), f32(0.0), f32(1.0)))
+                            for l in range(FL):
+                                Sc[1] = T.max(Sc[1], Fl[l])
+                        if Sc[1] == f32(0.0):
+                            Ib[2] = 0
                     # S = Qs @ K^T -> Ps, dP = dO @ V^T -> dSs  ([R, D] @ [D, BN]; RT x JV register tiles)
                     for jo in range(BN // JV):
                         for ro in range(R // RT):

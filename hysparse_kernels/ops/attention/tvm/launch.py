@@ -37,6 +37,8 @@ SMALL_WINDOW, WINDOW_TILE = 256, 32
 LONG_KV, LONG_TILE = 2048, 128
 # attention_fwd with at most this many causal queries runs the decode kernel (no K^T pass).
 FEW_QUERIES = 8
+# Sliding windows up to this size run the band kernel (swa.py); larger ones the dense kernel.
+SWA_MAX_WINDOW = 512
 
 
 @lru_cache(maxsize=1)
@@ -188,7 +190,8 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 
     q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]`` -> out
     ``[B, Hq, Sq, Dv]`` (q's dtype), lse ``[B, Hq, Sq]`` float32. float64 runs the reference.
-    A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel.
+    A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel; a window up to
+    ``SWA_MAX_WINDOW`` keys the band kernel (``swa.py``); the rest the dense kernel.
 
     Example::
 
@@ -204,6 +207,10 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
         return _tuned("attention_fwd", q, k, v, window, _heuristic(window, dense=False),
                       lambda c: _run_rows("attention_fwd", q, k, v, kv_len, None, None, sink, window, scale, c))
+    if causal and window is not None and window <= SWA_MAX_WINDOW:
+        from .launch_swa import run_swa  # one band of keys per query block, exact softmax
+
+        return run_swa(q, k, v, sink, window, scale)
     heuristic = _heuristic(window, group=q.shape[1] // k.shape[1], seqlen_k=k.shape[2])
     out, lse, _ = _tuned("attention_fwd", q, k, v, window, heuristic,
                          lambda c: _run_dense(q, k, v, sink, causal, window, scale, config=c))
