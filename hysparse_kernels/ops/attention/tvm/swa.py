@@ -133,7 +133,8 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
             Red = T.alloc_buffer((VL,), "float32", scope=SCOPE)
             Sc = T.alloc_buffer((4,), "float32", scope=SCOPE)
             Creg = T.alloc_buffer((CR,), "float32", scope=SCOPE)
-            Ib = T.alloc_buffer((5,), "int32", scope=SCOPE)  # band start, length, interior [a, b), V non-finite
+            # band start (a chunk), length; keys all rows see [Ib[2], Ib[3]); V non-finite; first key seen
+            Ib = T.alloc_buffer((6,), "int32", scope=SCOPE)
             nqb = T.ceildiv(Sq, BM)
             b = task // (Hkv * nqb)
             hk = task // nqb % Hkv
@@ -147,6 +148,7 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
             # keys every query of the block sees: band offsets [Ib[2], Ib[3])
             Ib[2] = T.max(p1 - window + 1, Ib[0]) - Ib[0]
             Ib[3] = T.max(T.min(p0 + 1 - Ib[0], Ib[1]), Ib[2])
+            Ib[5] = T.min(T.max(p0 - window + 1, 0) - Ib[0], Ib[2])  # keys before it: chunk alignment
             Ib[4] = 0
             for c in range(T.ceildiv(Ib[1], KC)):
                 if Bad[b, hk, Ib[0] // KC + c] != f32(0.0):
@@ -161,7 +163,7 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
             for r in range(R):
                 for l in VEC(JV):
                     Mx[r, l] = NEGC
-            for jo in range(SPAN // JV):
+            for jo in range(T.ceildiv(Ib[1], KC)):  # the band's chunks (at most SPAN / KC)
                 for ro in range(R // RT):
                     for ri in T.unroll(RT):
                         for ji in VEC(JV):
@@ -187,7 +189,7 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
                     Sc[0] = T.max(Sc[0], Sink[hk * G + r // BM])
                 for l in VEC(VL):
                     Red[l] = f32(0.0)
-                for jo in range(SPAN // VL):
+                for jo in range(T.ceildiv(Ib[1], KC) * (KC // VL)):
                     for l in VEC(VL):
                         # a NaN logit the row sees stays NaN (the max skips it; exp keeps it)
                         Ss[r, jo * VL + l] = T.Select(Ss[r, jo * VL + l] == NEGC, f32(0.0), _exp(Ss[r, jo * VL + l] - Sc[0]))
@@ -212,13 +214,13 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
                             Creg[ri * EV + ei] = f32(0.0)
                     if Ib[4] == 1:
                         # the band's edges: rows differ in what they see, select V by visibility
-                        for t in range(Ib[2]):
+                        for t in range(Ib[2] - Ib[5]):
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
-                                    Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, t] * T.Select(
-                                        (Ib[0] + t > off + q0 + (ro * RT + ri) % BM - window)
-                                        and (Ib[0] + t <= off + q0 + (ro * RT + ri) % BM),
-                                        T.Cast("float32", V[b, hk, Ib[0] + t, eo * EV + ei]), f32(0.0))
+                                    Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, Ib[5] + t] * T.Select(
+                                        (Ib[0] + Ib[5] + t > off + q0 + (ro * RT + ri) % BM - window)
+                                        and (Ib[0] + Ib[5] + t <= off + q0 + (ro * RT + ri) % BM),
+                                        T.Cast("float32", V[b, hk, Ib[0] + Ib[5] + t, eo * EV + ei]), f32(0.0))
                         for t in range(Ib[3] - Ib[2]):
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
@@ -232,11 +234,11 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
                                         and (Ib[0] + Ib[3] + t > off + q0 + (ro * RT + ri) % BM - window),
                                         T.Cast("float32", V[b, hk, Ib[0] + Ib[3] + t, eo * EV + ei]), f32(0.0))
                     else:
-                        for t in range(Ib[1]):
+                        for t in range(Ib[1] - Ib[5]):
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
-                                    Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, t] * T.Cast(
-                                        "float32", V[b, hk, Ib[0] + t, eo * EV + ei])
+                                    Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, Ib[5] + t] * T.Cast(
+                                        "float32", V[b, hk, Ib[0] + Ib[5] + t, eo * EV + ei])
                     for ri in T.unroll(RT):
                         if q0 + (ro * RT + ri) % BM < Sq:
                             for ei in VEC(EV):
