@@ -15,7 +15,9 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
+from hysparse_kernels.backends.tvm import threads
 from hysparse_kernels.backends.tvm.threads import plan_threads
 
 
@@ -113,3 +115,47 @@ def test_user_settings_respected_in_process():
     for n in (1, 2, 3):  # the user's count holds whatever torch is set to
         assert out[f"threads_for_large_at_torch_{n}"] == 2 and out[f"runtime_at_torch_{n}"] == 2
     assert out["same_results"]
+
+
+def test_sized_for_runs_small_steps_on_one_thread_and_restores():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads.sized_for(threads.SMALL_STEP / 10):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with threads.sized_for(threads.SMALL_STEP * 10):
+            assert torch.get_num_threads() == 2  # large steps keep the configured count
+        with pytest.raises(RuntimeError, match="inside"):
+            with threads.sized_for(0.0):
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2  # restored on an exception too
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_decoding_a_small_model_runs_on_one_thread(monkeypatch):
+    """generate() sizes its decode steps: the tiny zoo models' steps are below SMALL_STEP."""
+    from hysparse_kernels.models import build_model, generate
+
+    model = build_model("tiny-mimo-7b").eval()
+    seen = []
+    real = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate(model, [[1, 2, 3]], 3)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "SMALL_STEP", 0.0)  # every step large: the configured count
+        seen.clear()
+        generate(model, [[1, 2, 3]], 3)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)

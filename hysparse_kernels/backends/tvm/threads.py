@@ -14,6 +14,12 @@ before it starts and picks the thread count of every launch:
   capped at the pool size. A launch whose work is below ``SMALL_WORK`` FLOPs runs on the calling
   thread alone: waking a worker and meeting it at the end costs more than such a kernel, and a
   worker descheduled by another process stalls the whole call (decode steps of small models).
+* **small steps on one thread**: :func:`sized_for` runs a block (a decode step of a small model)
+  with torch on one thread when its work is below ``SMALL_STEP`` FLOPs, and TVM follows torch.
+  torch sizes its parallel regions per op, not per step: at a few rows per matmul MKL still splits
+  the work over both threads, and every such region waits for the slower thread; with another
+  process on the machine that is a scheduler time slice per op (speculative decoding of the demo
+  model ran 3-6x slower than plain decoding that way).
 * **no spinning**: ``TVM_THREAD_POOL_SPIN_COUNT=0`` and ``TVM_BIND_THREADS=0`` unless the user
   set them (read when the pool starts). A spinning TVM worker steals the core that torch's
   OpenMP threads need for the next op, and the other way round; with the two pools at two
@@ -26,6 +32,7 @@ it once per process, :func:`before_launch` per kernel launch; :func:`describe` i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -38,6 +45,8 @@ ENV_BIND = "TVM_BIND_THREADS"
 # costs a wake-up and a barrier (tens of microseconds without spinning, a scheduler time slice
 # when a worker has been preempted); 2 MFLOP is about 50 us of one AVX2 core's work.
 SMALL_WORK = 2.0e6
+# A model step (one forward) with less work than this runs with torch (and TVM) on one thread.
+SMALL_STEP = 16.0e6
 # TVM's AffinityMode: -3 (kSpecifyThreadShareAllCore) sizes the pool from a list of cores and
 # lets every worker run on all of them; 1 (kBig) keeps TVM's own choice of cores.
 _SHARE_ALL_CORES, _BIG = -3, 1
@@ -180,13 +189,37 @@ def before_launch(work: float | None = None) -> int:
     return n
 
 
+@contextlib.contextmanager
+def sized_for(work: float):
+    """Run the block on one thread (torch's pool, and TVM's, which follows it) if it does less
+    than ``SMALL_STEP`` FLOPs; else as configured. torch's thread count is process-wide: it is
+    restored on exit.
+
+    Example::
+
+        with threads.sized_for(2 * active_params * tokens):
+            logits = model(ids, cache=cache)
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    if work >= SMALL_STEP or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def describe() -> dict:
     """Thread counts of both engines, for ``hysparse info``."""
     import torch
 
     plan = policy()
     info = {"torch_threads": torch.get_num_threads(), "cores": available_cores(), **asdict(plan),
-            "small_work_flops": SMALL_WORK}
+            "small_work_flops": SMALL_WORK, "small_step_flops": SMALL_STEP}
     try:
         use(plan.threads)
         info["tvm_runtime_threads"] = int(_runtime_func("runtime.NumThreads")())
