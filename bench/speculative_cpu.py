@@ -9,10 +9,11 @@ so both see the same load. Prints a markdown table; ``--json PATH`` writes it to
     python bench/speculative_cpu.py [--new-tokens 64] [--repeats 2] [--compete 1]
 
 ``--compete N`` runs N other CPU-bound processes (a busy loop each) during the measurement, the
-situation of a user whose machine is doing something else too. ``--small-work FLOPS`` overrides
-the thread policy's single-thread cutoff (``backends.tvm.threads.SMALL_WORK``; 0 disables it),
-for measuring what the policy's parts contribute (TVM_NUM_THREADS / TVM_THREAD_POOL_SPIN_COUNT
-are set in the environment as usual).
+situation of a user whose machine is doing something else too. ``--small-work FLOPS`` and
+``--small-step FLOPS`` override the thread policy's single-thread cutoffs for one kernel and for
+one decode step (``backends.tvm.threads.SMALL_WORK`` / ``SMALL_STEP``; 0 disables them), for
+measuring what the policy's parts contribute (TVM_NUM_THREADS / TVM_THREAD_POOL_SPIN_COUNT are
+set in the environment as usual).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def thread_settings() -> dict:
 
         plan = threads.policy()
         return {"tvm_threads": plan.threads, "tvm_pool": plan.pool, "spin_count": plan.spin_count,
-                "small_work": threads.SMALL_WORK}
+                "small_work": threads.SMALL_WORK, "small_step": threads.SMALL_STEP}
     except ImportError:
         return {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS")}
 
@@ -69,14 +70,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per setting (median)")
     parser.add_argument("--compete", type=int, default=0, help="other CPU-bound processes running meanwhile")
     parser.add_argument("--small-work", type=float, default=None, help="override threads.SMALL_WORK (FLOPs)")
+    parser.add_argument("--small-step", type=float, default=None, help="override threads.SMALL_STEP (FLOPs)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     warnings.simplefilter("ignore", dispatch.BackendFallbackWarning)
     warnings.simplefilter("ignore", UserWarning)
-    if args.small_work is not None:
+    if args.small_work is not None or args.small_step is not None:
         from hysparse_kernels.backends.tvm import threads
 
-        threads.SMALL_WORK = args.small_work
+        if args.small_work is not None:
+            threads.SMALL_WORK = args.small_work
+        if args.small_step is not None:
+            threads.SMALL_STEP = args.small_step
     out = cache_dir(DEMO)
     if not (out / "final" / "config.json").exists():
         train(dataclasses.replace(DEMO, out=str(out)), resume=True)
