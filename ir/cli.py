@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from hysparse_kernels.backends import BACKENDS
+
 from . import presets
 from .accounting import flops_per_token, param_count
 from .export_json import from_json, to_json
@@ -24,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=32768, help="context length of the KV plan and shapes (default 32768)")
     parser.add_argument("--batch", type=int, default=1, help="sequences in the batch (default 1)")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="KV cache dtype (default bfloat16)")
-    parser.add_argument("--device", default="auto", help="device of the kernel plan: auto, cpu, cuda (default auto)")
-    parser.add_argument("--backend", default=None, help="force one backend for the kernel plan (default: dispatch's choice)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="device of the kernel plan (default auto)")
+    parser.add_argument("--backend", default=None, choices=BACKENDS,
+                        help="force one backend for the kernel plan (default: dispatch's choice)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", metavar="PATH", default=None, help="also write the graph as JSON to PATH")
     out.add_argument("--onnx", metavar="PATH", default=None, help="also write the graph as ONNX to PATH (needs onnx)")

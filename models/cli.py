@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from hysparse_kernels import ir
+from hysparse_kernels.ir.passes import DTYPE_BYTES
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--seq-len", type=int, default=32768, help="context length for the KV bytes (default 32768)")
-    parser.add_argument("--dtype", default="bfloat16", help="KV cache dtype (default bfloat16)")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="KV cache dtype (default bfloat16)")
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -30,7 +31,7 @@ def rows(seq_len: int, dtype: str) -> list[tuple]:
 
 def run(args) -> int:
     if args.seq_len < 1:
-        raise SystemExit(f"--seq-len: expected a positive int, got {args.seq_len}")
+        raise ValueError(f"--seq-len: expected a positive int, got {args.seq_len}")
     print(f"{'model':<24} {'layers':<16} {'params':>9} {'active':>9} {'KV@' + str(args.seq_len):>11} {'full-attn KV':>13}")
     for name, layers, total, active, kv, twin in rows(args.seq_len, args.dtype):
         print(f"{name:<24} {layers:<16} {_human(total):>9} {_human(active):>9} {_human(kv, 'B'):>11} {_human(twin, 'B'):>13}")

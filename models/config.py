@@ -17,12 +17,49 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from hysparse_kernels import ir
 
 KINDS = {"full_attention": "F", "sliding_attention": "W", "sparse_attention": "S"}
 LETTER_TO_KIND = {v: k for k, v in KINDS.items()}
+SCORING_FUNCS = ("softmax", "sigmoid")
+TOPK_METHODS = ("greedy", "noaux_tc")
+# The longest context a config may describe (2**20 tokens): a sparse layer selecting more than
+# this many keys (sparse_topk * sparse_block_size) only walks padding.
+MAX_POSITIONS = 2 ** 20
+
+
+def _int(name: str, value, *, minimum: int = 1, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"config.{name}: expected an int{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"config.{name}: expected an int >= {minimum}, got {value}")
+
+
+def _number(name: str, value, *, low: float = 0.0, high: float = math.inf, low_inclusive: bool = False,
+            optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"config.{name}: expected a number, got {type(value).__name__} {value!r}")
+    above = value >= low if low_inclusive else value > low
+    if not (math.isfinite(value) and above and value <= high):
+        bound = f"{'[' if low_inclusive else '('}{low}, {high}{']' if math.isfinite(high) else ')'}"
+        raise ValueError(f"config.{name}: expected a finite number in {bound}, got {value}")
+
+
+def _bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"config.{name}: expected true or false, got {type(value).__name__} {value!r}")
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"config.{name}: expected one of {list(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +102,60 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     name: str = field(default="", compare=False)
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every value a model could not be built or run with; the error names the key
+        (``config.<key>``), what was expected and what came."""
+        for key in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "v_head_dim"):
+            _int(key, getattr(self, key))
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"config.num_attention_heads: expected a multiple of num_key_value_heads "
+                             f"({self.num_key_value_heads}), got {self.num_attention_heads}")
+        if not isinstance(self.layer_types, tuple) or not self.layer_types:
+            raise ValueError(f"config.layer_types: expected a non-empty list, got {self.layer_types!r}")
+        for t in self.layer_types:
+            _choice("layer_types", t, tuple(KINDS))
+        _number("partial_rotary_factor", self.partial_rotary_factor, high=1.0, low_inclusive=True)
+        _number("rope_theta", self.rope_theta)
+        _number("attention_value_scale", self.attention_value_scale)
+        for key in ("swa_num_attention_heads", "swa_num_key_value_heads", "swa_head_dim", "swa_v_head_dim"):
+            _int(key, getattr(self, key), optional=True)
+        _number("swa_rope_theta", self.swa_rope_theta, optional=True)
+        for key in ("attention_bias", "add_swa_attention_sink_bias", "sparse_attention_sink_bias", "tie_word_embeddings"):
+            _bool(key, getattr(self, key))
+        _int("num_nextn_predict_layers", self.num_nextn_predict_layers, minimum=0)
+        _choice("mtp_layer_type", self.mtp_layer_type, tuple(KINDS))
+        kinds = set(self.layer_types) | ({self.mtp_layer_type} if self.num_nextn_predict_layers else set())
+        _int("sliding_window", self.sliding_window, optional="sliding_attention" not in kinds)
+        for key in ("sparse_topk", "sparse_block_size"):
+            _int(key, getattr(self, key), optional="sparse_attention" not in kinds)
+        _int("sparse_window", self.sparse_window, optional=True)
+        if self.sparse_block_size is not None and self.sparse_block_size & (self.sparse_block_size - 1):
+            raise ValueError(f"config.sparse_block_size: expected a power of two, got {self.sparse_block_size}")
+        if self.sparse_topk is not None and self.sparse_topk * (self.sparse_block_size or 1) > MAX_POSITIONS:
+            raise ValueError(f"config.sparse_topk: expected sparse_topk * sparse_block_size <= {MAX_POSITIONS} keys "
+                             f"(the longest context), got {self.sparse_topk} * {self.sparse_block_size}")
+        _int("intermediate_size", self.intermediate_size, minimum=0)
+        if self.moe_layer_freq and (len(self.moe_layer_freq) != len(self.layer_types)
+                                    or any(f not in (0, 1) or isinstance(f, bool) for f in self.moe_layer_freq)):
+            raise ValueError(f"config.moe_layer_freq: expected {len(self.layer_types)} entries of 0 or 1 (one per layer), "
+                             f"got {list(self.moe_layer_freq)}")
+        _int("n_routed_experts", self.n_routed_experts, optional=True)
+        moe = self.n_routed_experts is not None
+        _int("num_experts_per_tok", self.num_experts_per_tok, optional=not moe)
+        _int("moe_intermediate_size", self.moe_intermediate_size, optional=not moe)
+        if moe and self.num_experts_per_tok > self.n_routed_experts:
+            raise ValueError(f"config.num_experts_per_tok: expected at most n_routed_experts ({self.n_routed_experts}), "
+                             f"got {self.num_experts_per_tok}")
+        _choice("scoring_func", self.scoring_func, SCORING_FUNCS)
+        _choice("topk_method", self.topk_method, TOPK_METHODS)
+        _int("n_group", self.n_group)
+        _int("topk_group", self.topk_group)
+        _int("n_shared_experts", self.n_shared_experts, minimum=0)
+        _number("routed_scaling_factor", self.routed_scaling_factor)
+
     # ------------------------------------------------------------------ Hugging Face config.json
 
     def to_hf_config(self) -> dict:
@@ -98,7 +189,18 @@ class ModelConfig:
         if "num_hidden_layers" in values and values["num_hidden_layers"] != len(values["layer_types"]):
             raise ValueError(f"config.num_hidden_layers: expected {len(values['layer_types'])} (the layer pattern's length), "
                              f"got {values['num_hidden_layers']}")
-        values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+        if "num_attention_heads" in values:
+            values.setdefault("num_key_value_heads", values["num_attention_heads"])  # Hugging Face's default: no GQA
+        missing = [k for k in ("vocab_size", "hidden_size", "num_attention_heads") if k not in values]
+        if missing:
+            raise ValueError(f"config: missing required keys {missing}")
+        if "head_dim" not in values:
+            _int("hidden_size", values["hidden_size"])
+            _int("num_attention_heads", values["num_attention_heads"])
+            if values["hidden_size"] % values["num_attention_heads"]:
+                raise ValueError(f"config.num_attention_heads: expected a divisor of hidden_size ({values['hidden_size']}) "
+                                 f"when head_dim is not given, got {values['num_attention_heads']}")
+            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
         values.setdefault("v_head_dim", values["head_dim"])
         if isinstance(values.get("moe_layer_freq"), int):  # DeepSeek style: every n-th layer is MoE
             n = values["moe_layer_freq"]

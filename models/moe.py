@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 import hysparse_kernels as hk
 from hysparse_kernels.ir import MoE
-from .layers import SwiGLU
+from .layers import SwiGLU, compute_dtype
 
 
 class Router(nn.Module):
@@ -52,7 +52,8 @@ class MoEBlock(nn.Module):
         s = self.spec
         B, S, D = x.shape
         flat = x.reshape(B * S, D)
-        logits = flat.float() @ self.gate.weight.float().T  # router math in float32
+        ct = compute_dtype(x.dtype)  # router math in at least float32; float64 stays float64
+        logits = flat.to(ct) @ self.gate.weight.to(ct).T
         weights, ids = hk.route(logits, top_k=s.top_k, scoring=s.scoring, bias=self.gate.e_score_correction_bias,
                                 n_group=s.n_group, topk_group=s.topk_group, scaling=s.routed_scaling)
         self.last_load = hk.expert_load(ids, s.num_experts).detach()
