@@ -88,6 +88,10 @@ def format_table(info: dict) -> str:
             lines.append(f"         tvm {tv['threads']} per kernel (from {tv['source']}; runtime reports "
                          f"{tv['tvm_runtime_threads']}), pool of {tv['pool']} on {tv['cores']} usable cores; "
                          f"kernels under {tv['small_work_flops'] / 1e6:g} MFLOP on 1; spin count {tv['spin_count']}")
+            dyn = (f"on: other processes' load now {tv['other_load']:g}; while it leaves fewer free cores than a "
+                   f"kernel's threads, kernels under {tv['busy_work_flops'] / 1e6:g} MFLOP and decode steps under "
+                   f"{tv['busy_step_flops'] / 1e6:g} MFLOP run on 1" if tv["dynamic"] else "off (HYSPARSE_TVM_DYNAMIC=0)")
+            lines.append(f"         busy-machine adjustment {dyn}")
     lines += ["", "auto picks, on this device:"]
     width = max((len(op) for op in info["auto"]), default=0)
     lines += [f"  {op:<{width}}  {backend}" for op, backend in info["auto"].items()]

@@ -117,7 +117,8 @@ def test_user_settings_respected_in_process():
     assert out["same_results"]
 
 
-def test_sized_for_runs_small_steps_on_one_thread_and_restores():
+def test_sized_for_runs_small_steps_on_one_thread_and_restores(monkeypatch):
+    monkeypatch.setenv("HYSPARSE_TVM_DYNAMIC", "0")  # whatever else runs on this machine
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -138,6 +139,7 @@ def test_decoding_a_small_model_runs_on_one_thread(monkeypatch):
     """generate() sizes its decode steps: the tiny zoo models' steps are below SMALL_STEP."""
     from hysparse_kernels.models import build_model, generate
 
+    monkeypatch.setenv("HYSPARSE_TVM_DYNAMIC", "0")  # whatever else runs on this machine
     model = build_model("tiny-mimo-7b").eval()
     seen = []
     real = model.forward
@@ -157,5 +159,80 @@ def test_decoding_a_small_model_runs_on_one_thread(monkeypatch):
         seen.clear()
         generate(model, [[1, 2, 3]], 3)
         assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("others, cores, threads_, busy", [
+    (0.0, 2, 2, False),   # a quiet machine
+    (0.3, 2, 2, False),   # background noise
+    (1.0, 2, 2, True),    # one other CPU-bound process: one core left for two threads
+    (1.0, 4, 2, False),   # ... on four cores there is room
+    (6.0, 2, 1, True),    # heavily loaded: even one thread has to share
+])
+def test_busy_when_others_leave_fewer_free_cores_than_threads(others, cores, threads_, busy):
+    assert threads.busy_for(threads_, others, cores) is busy
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_load_meter_subtracts_this_process_own_use():
+    clock, cpu = _Clock(), [0.0]
+    meter = threads.LoadMeter(read_load=lambda: 2.0, read_cpu=lambda: cpu[0], clock=clock, every=0.0, cores=2,
+                              read_age=lambda: 0.0)
+    assert meter.update() == 2.0  # nothing known of this process yet: all load is others'
+    for _ in range(600):  # ten minutes of this process using two cores: the average converges on 2
+        clock.t += 1.0
+        cpu[0] += 2.0
+        meter.update()
+    assert abs(meter.own - 2.0) < 1e-3 and meter.others < 1e-3
+    assert not meter.busy(2)  # the load is this process's own work
+
+
+def test_load_meter_counts_the_history_before_its_first_sample():
+    meter = threads.LoadMeter(read_load=lambda: 1.0, read_cpu=lambda: 600.0, clock=_Clock(), every=0.0, cores=2,
+                              read_age=lambda: 600.0)  # ten minutes at one core on average
+    assert abs(meter.update()) < 1e-3
+
+
+def test_medium_kernels_run_on_one_thread_while_the_machine_is_busy(monkeypatch):
+    meter = threads.LoadMeter(read_load=lambda: 3.0, read_cpu=lambda: 0.0, clock=_Clock(), every=0.0, cores=2,
+                              read_age=lambda: 0.0)
+    monkeypatch.setattr(threads, "_meter", meter)
+    monkeypatch.setattr(threads, "policy", lambda: threads.ThreadPlan(2, 2, "torch.get_num_threads()", "0", "0"))
+    monkeypatch.delenv("HYSPARSE_TVM_DYNAMIC", raising=False)
+    assert threads.threads_for(threads.BUSY_WORK / 2) == 1
+    assert threads.threads_for(threads.BUSY_WORK * 2) == 2  # large kernels keep their threads
+    assert threads.threads_for(None) == 2
+    monkeypatch.setenv("HYSPARSE_TVM_DYNAMIC", "0")
+    assert threads.threads_for(threads.BUSY_WORK / 2) == 2
+    monkeypatch.delenv("HYSPARSE_TVM_DYNAMIC")
+    monkeypatch.setattr(threads, "policy", lambda: threads.ThreadPlan(2, 2, "TVM_NUM_THREADS", "0", "0"))
+    assert threads.threads_for(threads.BUSY_WORK / 2) == 2  # the user's count is never adjusted
+    quiet = threads.LoadMeter(read_load=lambda: 0.0, read_cpu=lambda: 0.0, clock=_Clock(), every=0.0, cores=2,
+                              read_age=lambda: 0.0)
+    monkeypatch.setattr(threads, "_meter", quiet)
+    monkeypatch.setattr(threads, "policy", lambda: threads.ThreadPlan(2, 2, "torch.get_num_threads()", "0", "0"))
+    assert threads.threads_for(threads.BUSY_WORK / 2) == 2
+
+
+def test_sized_for_runs_medium_steps_on_one_thread_while_the_machine_is_busy(monkeypatch):
+    busy = threads.LoadMeter(read_load=lambda: 3.0, read_cpu=lambda: 0.0, clock=_Clock(), every=0.0, cores=2,
+                             read_age=lambda: 0.0)
+    monkeypatch.setattr(threads, "_meter", busy)
+    monkeypatch.delenv("HYSPARSE_TVM_DYNAMIC", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads.sized_for(threads.BUSY_STEP / 2):
+            assert torch.get_num_threads() == 1
+        with threads.sized_for(threads.BUSY_STEP * 2):
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

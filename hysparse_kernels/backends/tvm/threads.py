@@ -20,6 +20,15 @@ before it starts and picks the thread count of every launch:
   the work over both threads, and every such region waits for the slower thread; with another
   process on the machine that is a scheduler time slice per op (speculative decoding of the demo
   model ran 3-6x slower than plain decoding that way).
+* **a busy machine**: like OpenMP's dynamic adjustment (``OMP_DYNAMIC``), the load of *other*
+  processes (the 1-minute load average less this process's own CPU use, averaged the same way)
+  is taken into account: while they leave fewer free cores than a kernel's threads, kernels under
+  ``BUSY_WORK`` FLOPs and steps under ``BUSY_STEP`` run on one thread. A parallel kernel ends by
+  waiting for its slowest worker, and a worker the scheduler has not run yet costs up to a time
+  slice: measured with other jobs on the 2-core machine, the 32K HySparse decode step took 12 ms
+  on two threads and 1.8 ms on one. Larger kernels keep all their threads (the wait is amortised
+  and two threads still get more CPU than one). ``HYSPARSE_TVM_DYNAMIC=0`` turns this off; a
+  user's ``TVM_NUM_THREADS`` is never adjusted.
 * **no spinning**: ``TVM_THREAD_POOL_SPIN_COUNT=0`` and ``TVM_BIND_THREADS=0`` unless the user
   set them (read when the pool starts). A spinning TVM worker steals the core that torch's
   OpenMP threads need for the next op, and the other way round; with the two pools at two
@@ -33,20 +42,27 @@ it once per process, :func:`before_launch` per kernel launch; :func:`describe` i
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
 ENV_THREADS = "TVM_NUM_THREADS"
 ENV_SPIN = "TVM_THREAD_POOL_SPIN_COUNT"
 ENV_BIND = "TVM_BIND_THREADS"
+ENV_DYNAMIC = "HYSPARSE_TVM_DYNAMIC"
 # Kernels with less work than this (FLOPs) run on the calling thread only. A parallel launch
 # costs a wake-up and a barrier (tens of microseconds without spinning, a scheduler time slice
 # when a worker has been preempted); 2 MFLOP is about 50 us of one AVX2 core's work.
 SMALL_WORK = 2.0e6
 # A model step (one forward) with less work than this runs with torch (and TVM) on one thread.
 SMALL_STEP = 16.0e6
+# While other processes keep the cores busy, kernels / steps under these run on one thread
+# (about 1.5 ms / 6 ms of one core's work: below that, a time slice waiting for a worker dominates).
+BUSY_WORK = 64.0e6
+BUSY_STEP = 256.0e6
 # TVM's AffinityMode: -3 (kSpecifyThreadShareAllCore) sizes the pool from a list of cores and
 # lets every worker run on all of them; 1 (kBig) keeps TVM's own choice of cores.
 _SHARE_ALL_CORES, _BIG = -3, 1
@@ -165,7 +181,79 @@ def threads_for(work: float | None) -> int:
     """Threads for a kernel of ``work`` FLOPs (None: a large kernel)."""
     if work is not None and work < SMALL_WORK:
         return 1
-    return policy().threads
+    plan = policy()
+    if plan.threads > 1 and work is not None and work < BUSY_WORK and plan.source != ENV_THREADS and _meter.busy(plan.threads):
+        return 1
+    return plan.threads
+
+
+def busy_for(threads: int, others: float, cores: int) -> bool:
+    """Whether other processes, ``others`` runnable threads on average, leave fewer than
+    ``threads`` of ``cores`` free (with half a thread of slack for background noise)."""
+    return cores - others < threads - 0.5
+
+
+class LoadMeter:
+    """The average number of runnable threads of *other* processes: the kernel's 1-minute load
+    average less this process's CPU use averaged the same way (an exponential average with a
+    60 s time constant). Sampled at most every ``every`` seconds. ``read_load`` / ``read_cpu`` /
+    ``clock`` are injectable for tests."""
+
+    def __init__(self, read_load=None, read_cpu=None, clock=time.monotonic, every: float = 0.05, cores=None,
+                 read_age=None):
+        self.read_load = read_load or (lambda: os.getloadavg()[0])
+        self.read_cpu = read_cpu or (lambda: sum(os.times()[:2]))
+        self.read_age = read_age or _process_age
+        self.clock = clock
+        self.every = every
+        self.cores = cores
+        self.own = 0.0  # this process's busy threads, 1-minute exponential average
+        self.others = 0.0
+        self._t = self._cpu = None
+        self._last = -math.inf
+
+    def update(self) -> float:
+        now = self.clock()
+        if now - self._last < self.every:
+            return self.others
+        self._last = now
+        cpu = self.read_cpu()
+        if self._t is None:
+            # what the load average holds of this process's work before the first sample: its
+            # mean rate since it started, weighted as the average weights it
+            age = self.read_age()
+            if age > 0:
+                self.own = cpu / age * (1.0 - math.exp(-age / 60.0))
+        elif now > self._t:
+            rate = (cpu - self._cpu) / (now - self._t)
+            decay = math.exp(-(now - self._t) / 60.0)
+            self.own = self.own * decay + rate * (1.0 - decay)
+        self._t, self._cpu = now, cpu
+        try:
+            self.others = max(0.0, self.read_load() - self.own)
+        except OSError:  # no load average on this system: never busy
+            self.others = 0.0
+        return self.others
+
+    def busy(self, threads: int) -> bool:
+        if os.environ.get(ENV_DYNAMIC, "1") == "0":
+            return False
+        return busy_for(threads, self.update(), self.cores or available_cores())
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc), 0 where unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+_meter = LoadMeter()
 
 
 def use(n: int) -> None:
@@ -192,8 +280,8 @@ def before_launch(work: float | None = None) -> int:
 @contextlib.contextmanager
 def sized_for(work: float):
     """Run the block on one thread (torch's pool, and TVM's, which follows it) if it does less
-    than ``SMALL_STEP`` FLOPs; else as configured. torch's thread count is process-wide: it is
-    restored on exit.
+    than ``SMALL_STEP`` FLOPs, or less than ``BUSY_STEP`` while other processes keep the cores
+    busy; else as configured. torch's thread count is process-wide: it is restored on exit.
 
     Example::
 
@@ -203,7 +291,8 @@ def sized_for(work: float):
     import torch
 
     n = torch.get_num_threads()
-    if work >= SMALL_STEP or n == 1:
+    small = work < SMALL_STEP or (work < BUSY_STEP and _meter.busy(n))
+    if n == 1 or not small:
         yield
         return
     torch.set_num_threads(1)
@@ -219,7 +308,9 @@ def describe() -> dict:
 
     plan = policy()
     info = {"torch_threads": torch.get_num_threads(), "cores": available_cores(), **asdict(plan),
-            "small_work_flops": SMALL_WORK, "small_step_flops": SMALL_STEP}
+            "small_work_flops": SMALL_WORK, "small_step_flops": SMALL_STEP, "busy_work_flops": BUSY_WORK,
+            "busy_step_flops": BUSY_STEP, "dynamic": os.environ.get(ENV_DYNAMIC, "1") != "0",
+            "other_load": round(_meter.update(), 2)}
     try:
         use(plan.threads)
         info["tvm_runtime_threads"] = int(_runtime_func("runtime.NumThreads")())
