@@ -27,6 +27,7 @@ import tvm
 from . import tvm_kernels as K
 from ... import tuned
 from ...backends.tvm import threads
+from ...backends.tvm.workspace import workspace
 
 threads.prepare()  # size TVM's pool before anything here can start it
 
@@ -164,14 +165,15 @@ def _moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_i
     if dtype in ("float32", "float64") and rpe >= BLAS_ROWS:
         return _moe_blas(x, w_gate_up, w_down, rowtok, offsets, inverse, scale)
     xp, wgu = _pad_k(x, lanes), _pad_k(w_gate_up, lanes)
-    h = torch.empty(M, inter, dtype=x.dtype)
+    # intermediates live only during this call: kept per thread (a fresh allocation faults in page by page)
+    h = workspace("moe.h", M * inter, x.dtype).view(M, inter)
     # Without a tuned entry, decode-like calls (about one row per active expert) take the one-row tiles.
     one_row = rpe < 2 and cfg == HEURISTIC
     threads.before_launch(2.0 * M * 3 * inter * D)  # the three kernels below: gate/up, down, combine
     gu_tile = _TILES_ONE_ROW["gate_up"] if one_row else (cfg["gate_up_mr"], cfg["gate_up_nr"])
     down_tile = _TILES_ONE_ROW["down"] if one_row else (cfg["down_mr"], cfg["down_nr"])
     _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype, rpe, gu_tile, cfg["mt"])["main"](xp, rowtok, wgu, offsets, scale, h)
-    y = torch.empty(M, D, dtype=acc)
+    y = workspace("moe.y", M * D, acc).view(M, D)
     wd = _pad_k(w_down, lanes)
     _gemm_lib(E, D, wd.shape[2], "down", dtype, rpe, down_tile, cfg["mt"])["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
     if D % lanes:
@@ -195,11 +197,11 @@ def _moe_blas(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offs
     E, two_i, _ = w_gate_up.shape
     inter = two_i // 2
     M = rowtok.numel()
-    y = torch.empty(M, D, dtype=x.dtype)
+    y = workspace("moe.y", M * D, x.dtype).view(M, D)
     bounds = offsets.tolist()
     widest = max(hi - lo for lo, hi in zip(bounds[:-1], bounds[1:]))
-    gu_buf = torch.empty(widest, two_i, dtype=x.dtype)
-    h_buf = torch.empty(widest, inter, dtype=x.dtype)
+    gu_buf = workspace("moe.gu", widest * two_i, x.dtype).view(widest, two_i)
+    h_buf = workspace("moe.h", widest * inter, x.dtype).view(widest, inter)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if hi == lo:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import threading
 from functools import lru_cache
 
 import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from ....backends.tvm.workspace import workspace
 from .launch import _DTYPES, _c, _sink_arg, _source_hash
 
 # Query rows per task (group heads x queries): 24 rows make 4 register tiles of 6 rows; fewer
@@ -21,24 +21,6 @@ SWA_ROWS = 24
 @lru_cache(maxsize=1)
 def _swa_source_hash() -> str:
     return hashlib.sha256((pathlib.Path(__file__).parent / "swa.py").read_bytes()).hexdigest()[:16]
-
-
-# The K^T workspace is kept per thread and reused by the next call that fits in it: a fresh
-# allocation of that size comes from the kernel as untouched pages, and faulting them in cost about
-# a third of the kernel's time at S = 8K (34 MB). Workspaces above this size are not kept.
-KEEP_WORKSPACE_BYTES = 256 << 20
-_kept = threading.local()
-
-
-def _workspace(numel: int) -> torch.Tensor:
-    """A float32 tensor of ``numel`` elements, reused across calls of this thread when it fits."""
-    buf = getattr(_kept, "buf", None)
-    if buf is not None and buf.numel() >= numel:
-        return buf[:numel]
-    buf = torch.empty(numel, dtype=torch.float32)
-    if numel * 4 <= KEEP_WORKSPACE_BYTES:
-        _kept.buf = buf
-    return buf
 
 
 def swa_queries_per_block(group: int) -> int:
@@ -70,7 +52,7 @@ def run_swa(q, k, v, sink, window: int, scale: float):
     lib = get_module("attention_fwd", spec, build, cpu_target_spec(), source=_source_hash() + _swa_source_hash(),
                      required=("prep", "main"))
     nc = _kt_chunks(Sk, span)
-    ws = _workspace(B * Hkv * nc * (Dqk * 16 + 1))
+    ws = workspace("swa.kt", B * Hkv * nc * (Dqk * 16 + 1))  # kept: a fresh one faults in page by page
     kt = ws[: B * Hkv * nc * Dqk * 16].view(B, Hkv, nc, Dqk, 16)
     bad = ws[B * Hkv * nc * Dqk * 16:].view(B, Hkv, nc)
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
