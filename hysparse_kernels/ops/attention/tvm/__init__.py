@@ -4,9 +4,10 @@ Implementations registered as backend ``"tvm"`` (signatures fixed by ``reference
 ``attention_fwd``, ``attention_with_block_scores``, ``sparse_attention_fwd``, ``attention_decode``,
 ``sparse_attention_decode``, and ``attention_bwd`` / ``sparse_attention_bwd``.
 
-* Kernels: ``dense.py`` (prefill: full causal, sliding window, sink, block scores),
-  ``rows.py`` (decode and sparse attention) and ``backward.py``; launchers in ``launch.py`` and
-  ``launch_bwd.py``.
+* Kernels: ``dense.py`` (prefill: full causal, windows above ``launch.SWA_MAX_WINDOW``, sink,
+  block scores), ``swa.py`` (sliding-window prefill: one band of keys per query block, one exact
+  softmax), ``rows.py`` (decode and sparse attention) and ``backward.py``; launchers in
+  ``launch.py``, ``launch_swa.py`` and ``launch_bwd.py``.
 * Tensors cross into TVM through DLPack without copies: inputs are passed as they are (made
   contiguous only if they are not), outputs are ``torch.empty`` tensors the kernels write into.
 * dtypes: float32, bfloat16 and float16 run in the kernels with fp32 accumulation; the ops are
