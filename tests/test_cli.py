@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from hysparse_kernels import cli
 
@@ -40,6 +41,11 @@ def test_info_json(capsys):
     ref = info["backends"][0]
     assert ref["installed"] and "attention_fwd" in ref["ops"]
     assert set(info["auto"]) >= {"attention_fwd", "sparse_attention_fwd", "topk_blocks"}
+    th = info["threads"]
+    assert th["torch_intra_op"] == torch.get_num_threads()
+    if info["backends"][2]["installed"]:  # tvm: the policy's count, and what TVM's runtime reports
+        assert th["tvm"]["threads"] == th["tvm"]["tvm_runtime_threads"] >= 1
+        assert th["tvm"]["pool"] >= th["tvm"]["threads"]
 
 
 def test_info_options_are_frozen():

@@ -40,8 +40,11 @@ for _op, _fn in {
 }.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
 
-# TVM kernels for the CPU (topk_blocks stays on the reference: a sort, no kernel to win).
+# TVM kernels for the CPU, forward and backward (topk_blocks stays on the reference: a sort, no
+# kernel to win). They compute in fp32 and take half and single precision; float64 (the oracle's
+# dtype) goes to the reference under auto.
 _TVM = "hysparse_kernels.ops.attention.tvm"
+_TVM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 for _op, _fn in {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
@@ -51,7 +54,7 @@ for _op, _fn in {
     "attention_decode": "attention_decode",
     "sparse_attention_decode": "sparse_attention_decode",
 }.items():
-    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}")
+    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}", dtypes=_TVM_DTYPES)
 
 _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
