@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "models": ("hysparse_kernels.models.cli", "the model zoo: parameters and KV bytes"),
     "train": ("hysparse_kernels.training.cli", "training recipes"),
     "autotune": ("hysparse_kernels.autotune.cli", "tune kernels for this machine and save configs"),
+    "audio": ("hysparse_kernels.training.audio.cli", "MiMo-Audio: tokenize / generate WAV, train the tokenizer and audio LM, few-shot tasks"),
 }
 
 
