@@ -77,7 +77,7 @@ class TokenizerConfig:
     codebook_sizes: tuple[int, ...] = (128, 128, 32, 32, 32, 32, 32, 32)
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0
-    commitment_weight: float = 1.0
+    commitment_weight: float = 0.1
     n_mels: int = 40
 
     def __post_init__(self):

@@ -91,6 +91,8 @@ def _tokenize(args) -> int:
 
     from hysparse_kernels.models.audio.io import atomic_write, load_checkpoint, write_wav
 
+    if not Path(args.wav).is_file():
+        raise FileNotFoundError(f"{args.wav}: no such file")
     tok = load_checkpoint(args.tokenizer, expect="tokenizer")
     if args.levels is not None and not 1 <= args.levels <= tok.cfg.num_codebooks:
         raise ValueError(f"--levels: expected 1..{tok.cfg.num_codebooks}, got {args.levels}")

@@ -119,7 +119,8 @@ class TimbreClassifier:
         return self
 
     def predict(self, audio: np.ndarray) -> str | None:
+        """The nearest centroid's label; None when ``audio`` has no voiced frame or nothing was fitted."""
         f = harmonic_profile(audio, pitch_track(audio))
-        if f is None:
+        if f is None or not self.centroids:
             return None
         return min(self.centroids, key=lambda k: float(np.sum((self.centroids[k] - f) ** 2)))

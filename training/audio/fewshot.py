@@ -61,7 +61,7 @@ def _split_bar(rng, pattern, step_frames, sound, transpose=0.0):
 def rhythm_episode(rng) -> Episode:
     pattern, step = eval_pattern(rng), int(rng.integers(3, 7))
     sound = synth.random_hit_sound(rng)
-    shots = [[("audio", _split_bar(rng, pattern, step, sound, float(rng.choice([0, 2, 3, 5, -2, -4]))))[0]]
+    shots = [[("audio", _split_bar(rng, pattern, step, sound, float(rng.choice([0, 2, 3, 5, -2, -4])))[0])]
              for _ in range(MAX_SHOTS)]
     _, first, second = _split_bar(rng, pattern, step, sound)
     return Episode("rhythm", shots, [("open", first)], answer=second,
