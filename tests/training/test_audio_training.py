@@ -171,6 +171,6 @@ def test_cli_options_are_frozen():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     got = {name: sorted(a.dest for a in p._actions if a.dest != "help") for name, p in sub.choices.items()}
     assert got["tokenize"] == ["levels", "out", "reconstruct", "tokenizer", "wav"]
-    assert got["generate"] == ["model", "out", "png", "prompt", "seconds", "seed", "temperature", "text", "tokenizer", "top_k"]
-    assert got["fewshot"] == ["episodes", "model", "out", "seed", "tokenizer"]
+    assert got["generate"] == ["model", "out", "png", "prompt", "seconds", "seed", "temperature", "text", "threads", "tokenizer", "top_k"]
+    assert got["fewshot"] == ["episodes", "model", "out", "seed", "threads", "tokenizer"]
     assert "resume" in got["pretrain"] and "seed" in got["pretrain"] and "resume" in got["train-tokenizer"]

@@ -50,6 +50,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--out", required=True, help="output WAV: the prompt followed by the continuation")
     p.add_argument("--png", help="also write spectrograms of prompt and continuation here (.png)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0: torch's choice)")
 
     p = sub.add_parser("train-tokenizer", help="train the RVQ tokenizer on synthetic audio")
     _dataclass_flags(p, TokenizerTrainConfig, skip=("tokenizer",))
@@ -67,6 +68,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--episodes", type=int, default=24, help="episodes per task (classification: twice as many; default 24)")
     p.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     p.add_argument("--out", help="write the results here (.json)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0: torch's choice)")
 
 
 def _positive(name: str, value) -> None:
@@ -202,9 +204,13 @@ def _run(args) -> int:
 
 
 def run(args) -> int:
+    import torch
+
     from hysparse_kernels.models.audio.io import AudioCheckpointError
 
     try:
+        if getattr(args, "threads", 0):
+            torch.set_num_threads(args.threads)
         return _run(args)
     except (ValueError, FileNotFoundError, KeyError, AudioCheckpointError, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
