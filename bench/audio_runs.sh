@@ -4,7 +4,7 @@
 # 2-core machine. Then: python bench/audio_summary.py and python bench/audio_cpu.py.
 set -e
 H="${HYSPARSE:-.venv/bin/hysparse} audio"
-nice -n 5 $H train-tokenizer --steps 4000 --threads 1 --out runs/audio/tokenizer --no-progress
+nice -n 5 $H train-tokenizer --steps 4000 --eval-clips 24 --checkpoint-every 100 --threads 1 --out runs/audio/tokenizer --no-progress
 for s in 0 1 2; do
   nice -n 5 $H pretrain --tokenizer runs/audio/tokenizer/final --seed $s --steps 1000 --corpus-docs 6000 \
     --threads 1 --out runs/audio/lm-seed$s --no-progress

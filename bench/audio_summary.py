@@ -15,12 +15,6 @@ import sys
 from pathlib import Path
 
 
-def _fmt(xs):
-    if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f} ({', '.join(f'{x:.2f}' for x in xs)})"
-
-
 def tokenizer_tables(ev: dict) -> str:
     out = ["| RVQ levels | bit/s | mel distance | SNR (dB) |", "|---|---|---|---|"]
     for key, bps in ev["bits_per_second"].items():
@@ -46,21 +40,24 @@ def lm_table(evals: list[dict]) -> str:
 
 
 def fewshot_table(results: list[dict]) -> str:
-    tasks = list(results[0])
-    out = []
-    for task in tasks:
-        metrics = list(results[0][task]["shots"]["0"])
-        for metric in metrics:
-            shots = list(results[0][task]["shots"])
-            out.append(f"**{task}**, {metric.replace('_', ' ')} (mean ± std over seeds; per seed)\n")
-            out.append("| shots | " + " | ".join(shots) + " |")
-            out.append("|---|" + "---|" * len(shots))
-            out.append("| model | " + " | ".join(_fmt([r[task]["shots"][k][metric] for r in results]) for k in shots) + " |")
-            for ref in ("oracle", "copy", "chance"):
-                if ref in results[0][task] and metric in results[0][task][ref]:
-                    vals = [r[task][ref][metric] for r in results]
-                    out.append(f"| {ref} | " + " | ".join([_fmt(vals)] * len(shots)) + " |")
-            out.append("")
+    """One row per task and score: the model's mean ± std over seeds (each seed's value) per number
+    of shots, and the reference rows (means over seeds), which do not depend on the shots."""
+    shots = list(results[0][next(iter(results[0]))]["shots"])
+    out = ["| task | score | " + " | ".join(f"{k} shots" for k in shots) + " | references |",
+           "|---|---|" + "---|" * len(shots) + "---|"]
+    for task, row in results[0].items():
+        for metric in row["shots"][shots[0]]:
+            cells = []
+            for k in shots:
+                xs = [r[task]["shots"][k][metric] for r in results]
+                per = " ".join(f"{x:.2f}" for x in xs)
+                if any(x != x for x in xs):  # NaN: not defined at this number of shots
+                    cells.append("-")
+                    continue
+                cells.append(f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f} ({per})" if len(xs) > 1 else f"{xs[0]:.3f}")
+            refs = ", ".join(f"{ref} {statistics.mean(r[task][ref][metric] for r in results):.2f}"
+                             for ref in ("oracle", "copy", "silence", "chance") if metric in row.get(ref, {}))
+            out.append(f"| {task} | {metric.replace('_', ' ')} | " + " | ".join(cells) + f" | {refs} |")
     return "\n".join(out)
 
 

@@ -16,10 +16,11 @@ the audio span forced open, as many patches as the answer has, and decoded by th
   three, and for ``timbre`` whether the nearest-centroid timbre classifier hears B.
 * **classify**: 3 sound kinds out of tone / chirp / syllable / noise, named by 3 words of the
   held-out pool. Shots: ``k`` labelled clips per class (``<|sosp|> clip <|eosp|> word``).
-  Query: a new clip; the answer is the word of highest likelihood. Score: accuracy (chance 1/3).
+  Query: a new clip; the answer is the word of highest likelihood. Score: accuracy (chance 1/3),
+  and how often the pick is the label written last in the prompt (a recency heuristic).
 
 Reference rows: ``oracle`` (the true answer through the tokenizer), ``copy`` (the query itself as
-the answer, for the transformations) and chance.
+the answer; for the beat, its first half again), ``silence`` (the beat task) and chance.
 """
 
 from __future__ import annotations
@@ -228,7 +229,10 @@ def evaluate(lm: AudioLM, tokenizer: AudioTokenizer, *, seed: int, episodes: int
         if task == "classify":
             for k in shots:
                 preds = run_classification(lm, tokenizer, eps, k)
-                row["shots"][str(k)] = {"accuracy": float(np.mean([p == ep.label for p, ep in zip(preds, eps)]))}
+                # how often the pick is the label written last in the prompt (a recency heuristic)
+                recent = [ep.candidates[p] == _last_label(ep, k) for p, ep in zip(preds, eps)] if k else [float("nan")]
+                row["shots"][str(k)] = {"accuracy": float(np.mean([p == ep.label for p, ep in zip(preds, eps)])),
+                                        "picks_last_label": float(np.mean(recent))}
                 bar.update(1) if bar else None
             row["chance"] = {"accuracy": 1 / 3}
         else:
@@ -239,12 +243,18 @@ def evaluate(lm: AudioLM, tokenizer: AudioTokenizer, *, seed: int, episodes: int
             row["oracle"] = _mean([scorer.score(ep, _roundtrip(tokenizer, ep.answer, P)[: len(ep.answer)]) for ep in eps])
             if task != "rhythm":
                 row["copy"] = _mean([scorer.score(ep, _fit(ep.meta["query"], len(ep.answer))) for ep in eps])
-            else:
+            else:  # silence as the answer; the prompt's half bar again as the answer
+                row["silence"] = _mean([scorer.score(ep, np.zeros(len(ep.answer))) for ep in eps])
+                row["copy"] = _mean([scorer.score(ep, _fit(ep.meta["first"], len(ep.answer))) for ep in eps])
                 row["chance"] = {"step_accuracy": 0.5}
         results[task] = row
     if bar is not None:
         bar.close()
     return results
+
+
+def _last_label(ep: Episode, k: int) -> str:
+    return [v for kind, v in ep.prompt(k) if kind == "text"][-1].strip()
 
 
 def _fit(audio: np.ndarray, n: int) -> np.ndarray:

@@ -18,11 +18,11 @@ def _plt():
     return plt
 
 
-def _save(fig, png: Path) -> Path:
+def _save(fig, png: Path, dpi: int = 100) -> Path:
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=dpi)
     _plt().close(fig)
     tmp.replace(png)
     return png
@@ -44,18 +44,19 @@ def loss_curves(metrics_path: Path, png: Path, keys: list[str], title: str) -> P
     return _save(fig, png)
 
 
-def spectrograms(png: Path, panels: list[tuple[str, np.ndarray]], sample_rate: int, *, split: float | None = None) -> Path:
-    """Stacked log spectrograms of ``(title, audio [N])`` panels; ``split`` (seconds) draws a line
-    where a continuation starts."""
+def spectrograms(png: Path, panels: list[tuple], sample_rate: int) -> Path:
+    """Stacked log spectrograms of ``(title, audio [N])`` or ``(title, audio [N], split)`` panels;
+    ``split`` (seconds) draws a line where a continuation starts."""
     plt = _plt()
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels)), squeeze=False)
-    for ax, (title, audio) in zip(axes[:, 0], panels):
-        audio = np.asarray(audio, dtype=np.float64)
-        ax.specgram(audio + 1e-7, NFFT=256, Fs=sample_rate, noverlap=192, cmap="magma")
-        if split is not None:
-            ax.axvline(split, color="cyan", linestyle="--", linewidth=1.5)
+    for ax, panel in zip(axes[:, 0], panels):
+        title, audio = panel[0], np.asarray(panel[1], dtype=np.float64)
+        with np.errstate(divide="ignore"):  # digital silence has log 0
+            ax.specgram(audio, NFFT=256, Fs=sample_rate, noverlap=192, cmap="magma")
+        if len(panel) > 2 and panel[2] is not None:
+            ax.axvline(panel[2], color="cyan", linestyle="--", linewidth=1.5)
         ax.set_title(title)
         ax.set_ylabel("Hz")
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
-    return _save(fig, png)
+    return _save(fig, png, dpi=70)
