@@ -17,7 +17,6 @@ import os
 import pathlib
 import re
 import sys
-import time
 
 from hysparse_kernels import tuned
 
@@ -81,8 +80,25 @@ def run(args) -> int:
                     "clear": cmd_clear}[args.action](args)
         return cmd_tune(args)
     except (ValueError, KeyError, tuned.TunerBusyError) as e:
-        print(f"hysparse autotune: error: {e}", file=sys.stderr)
+        print(f"hysparse autotune: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"hysparse autotune: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file error; for the tuned-config cache, how to pick another one."""
+    where = e.filename or ""
+    text = f"{where}: {e.strerror or e}" if where else str(e)
+    root = tuned.cache_root()
+    try:
+        in_cache = bool(where) and pathlib.Path(where).resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError):
+        in_cache = False
+    if in_cache:
+        text += f" (the tuned-config cache {root} must be writable: pass --cache DIR or set {tuned.ENV_CACHE})"
+    return text
 
 
 # ---------------------------------------------------------------- tuning
@@ -112,7 +128,7 @@ def cmd_tune(args) -> int:
     device = _device(args)
     backend = args.backend or ("triton" if device == "cuda" else "tvm")
     budget = parse_budget(args.budget)
-    deadline = time.monotonic() + budget
+    deadline = runner.clock() + budget
     dev = detect(device)
     dtype_name = tasks.DTYPE_NAMES[args.dtype]
     jobs = [(op, {**shape, "dtype": dtype_name}) for op, shape in _jobs(args, device, backend)]
@@ -142,8 +158,8 @@ def cmd_tune(args) -> int:
                     for _, _, g, _ in plan)
         bar = _progress(total, args.no_progress)
         for i, (op, shape, groups, row) in enumerate(plan):
-            now = time.monotonic()
-            if now > deadline:
+            now = runner.clock()
+            if now >= deadline:
                 rows.append({**row, "status": "not started (budget)"})
                 continue
             # An even share of what is left, so one slow bucket cannot starve the others (time a
@@ -287,9 +303,15 @@ def cmd_import(args) -> int:
     device = _device(args)
     key = tuned.device_key(device)
     folder = pathlib.Path(args.target)
+    if not folder.is_dir():
+        raise ValueError(f"import: expected a folder written by `hysparse autotune export`, got {str(folder)!r} "
+                         f"({'not a folder' if folder.exists() else 'does not exist'})")
     folder = folder / key if (folder / key).is_dir() else folder
+    found = _op_files(folder)
+    if not found:
+        raise ValueError(f"import: no tuned-config files (*.json) for device {key} in {folder}")
     n = skipped = 0
-    for path in _op_files(folder):
+    for path in found:
         try:
             data = json.loads(path.read_text())
         except ValueError as e:

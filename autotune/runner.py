@@ -9,7 +9,7 @@ the two are re-timed alternately (``confirm``).
 
 Example::
 
-    result = tune_bucket(task, groups, heuristic, deadline=time.monotonic() + 60)
+    result = tune_bucket(task, groups, heuristic, deadline=clock() + 60)
     result.best, result.best_ms, result.heuristic_ms
 """
 
@@ -25,6 +25,15 @@ import torch
 
 class BudgetExceeded(Exception):
     """The time budget ran out; the partial result is attached."""
+
+
+def clock() -> float:
+    """Seconds on the clock that budgets and deadlines are measured by (``time.monotonic``).
+
+    Looked up at call time (``runner.clock()``), so a test can replace it and decide when a
+    budget runs out instead of the machine's speed and load deciding.
+    """
+    return time.monotonic()
 
 
 def time_cpu(fn: Callable[[], object], reps: int = 5) -> float:
@@ -82,12 +91,15 @@ class BucketResult:
 
 
 def tune_bucket(task, groups: list[list[dict]], heuristic: dict, *, timer=time_cpu, deadline: float | None = None,
-                max_candidates: int | None = None, on_candidate: Callable[[BucketResult], None] | None = None) -> BucketResult:
-    """Coordinate descent over ``groups`` from ``heuristic``; stops early at ``deadline`` (monotonic).
+                max_candidates: int | None = None, on_candidate: Callable[[BucketResult], None] | None = None,
+                now: Callable[[], float] | None = None) -> BucketResult:
+    """Coordinate descent over ``groups`` from ``heuristic``; stops early once ``now()`` reaches
+    ``deadline`` (``now`` defaults to :func:`clock`).
 
     Returns the result with ``complete=False`` when the budget cut it short (``max_candidates``
     ends the search as complete: it is the search that was asked for).
     """
+    now = now or clock
     res = BucketResult(dict(heuristic))
     reference = task.runner(heuristic)()
     res.heuristic_ms = timer(task.runner(heuristic))
@@ -105,7 +117,7 @@ def tune_bucket(task, groups: list[list[dict]], heuristic: dict, *, timer=time_c
             if key in seen:
                 continue
             seen.add(key)
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and now() >= deadline:
                 return res  # incomplete: --resume searches this bucket again
             if max_candidates is not None and tried >= max_candidates:
                 res.complete = True  # the search that was asked for is done

@@ -35,7 +35,18 @@ from .graph import (
     parse_pattern,
 )
 from .lower import KernelEntry, KernelPlan, lower, tuned_config
-from .passes import GraphError, KVOwner, KVPlan, LayerKV, Selection, assign_kv_owners, kv_plan, selection_plan, validate
+from .passes import (
+    GraphError,
+    KVOwner,
+    KVPlan,
+    LayerKV,
+    Selection,
+    assign_kv_owners,
+    hybrid_swa_twin,
+    kv_plan,
+    selection_plan,
+    validate,
+)
 from .patterns import Full, OracleSparse, SlidingWindow
 from .presets import get_graph, list_graphs
 
@@ -44,7 +55,7 @@ __all__ = [
     "AttentionDims", "Dense", "MoE", "LayerSpec", "MTPSpec", "ModelGraph",
     "build_graph", "from_pattern", "from_hybrid_layer_pattern", "parse_pattern", "hybrid_kinds",
     "hybrid_layer_pattern_kinds",
-    "validate", "GraphError", "assign_kv_owners", "KVOwner", "kv_plan", "KVPlan", "LayerKV",
+    "validate", "GraphError", "assign_kv_owners", "KVOwner", "kv_plan", "KVPlan", "LayerKV", "hybrid_swa_twin",
     "selection_plan", "Selection", "param_count", "ParamCount", "flops_per_token", "FlopsPerToken",
     "lower", "KernelPlan", "KernelEntry", "tuned_config",
     "to_json", "from_json", "to_onnx",

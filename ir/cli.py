@@ -1,4 +1,4 @@
-"""`hysparse ir MODEL`: a model's layer table, KV plan against its full-attention twin,
+"""`hysparse ir MODEL`: a model's layer table, KV plan against its full-attention and hybrid-SWA twins,
 parameters, FLOPs, selection plan and the kernel plan for this machine.
 
 MODEL is a named graph (``hysparse ir --help`` lists them) or a ``.json`` file written by
@@ -11,11 +11,13 @@ import argparse
 import os
 import sys
 
+from hysparse_kernels.backends import BACKENDS
+
 from . import presets
 from .accounting import flops_per_token, param_count
 from .export_json import from_json, to_json
 from .lower import lower
-from .passes import DTYPE_BYTES, assign_kv_owners, kv_plan, selection_plan
+from .passes import DTYPE_ALIASES, DTYPE_BYTES, assign_kv_owners, kv_plan, selection_plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a named graph ({', '.join(presets.list_graphs())}) or a graph .json file")
     parser.add_argument("--seq-len", type=int, default=32768, help="context length of the KV plan and shapes (default 32768)")
     parser.add_argument("--batch", type=int, default=1, help="sequences in the batch (default 1)")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="KV cache dtype (default bfloat16)")
-    parser.add_argument("--device", default="auto", help="device of the kernel plan: auto, cpu, cuda (default auto)")
-    parser.add_argument("--backend", default=None, help="force one backend for the kernel plan (default: dispatch's choice)")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES) + sorted(DTYPE_ALIASES),
+                        help="KV cache dtype (default bfloat16; fp8 = float8_e4m3fn)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="device of the kernel plan (default auto)")
+    parser.add_argument("--backend", default=None, choices=BACKENDS,
+                        help="force one backend for the kernel plan (default: dispatch's choice)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", metavar="PATH", default=None, help="also write the graph as JSON to PATH")
     out.add_argument("--onnx", metavar="PATH", default=None, help="also write the graph as ONNX to PATH (needs onnx)")
@@ -122,7 +127,8 @@ def run(args) -> int:
     print("\n".join(layer_rows(graph, plan)))
     print()
     print(f"KV plan (batch {args.batch}, {args.seq_len} tokens, {plan.dtype}): {human_bytes(plan.total_bytes)}; "
-          f"full-attention twin {human_bytes(plan.twin_total_bytes)}: {plan.saving:.2f}x less")
+          f"full-attention twin {human_bytes(plan.twin_total_bytes)}: {plan.saving:.2f}x less; "
+          f"hybrid-SWA twin (1 full : 5 SWA-128) {human_bytes(plan.swa_twin_total_bytes)}")
     print(f"parameters: total {human_count(pc.total)}, active {human_count(pc.active)} "
           f"(without embedding and LM head {human_count(pc.active_non_embedding)})")
     print("  " + ", ".join(f"{k} {human_count(v)}" for k, v in pc.parts if v))

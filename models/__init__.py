@@ -9,12 +9,14 @@ Example::
     new_tokens = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=8)
 """
 
+import torch
+
 from hysparse_kernels import ir
 
 from .cache import KVCache
 from .config import ModelConfig, get_config
 from .generate import generate, sample
-from .loading import CheckpointError, load_pretrained, save_pretrained
+from .loading import CheckpointError, hf_names, load_pretrained, save_pretrained
 from .model import HybridLM
 
 
@@ -23,15 +25,25 @@ def list_models() -> list[str]:
     return ir.list_graphs()
 
 
-def from_hf_config(config: dict) -> HybridLM:
-    """A randomly initialised model from a ``config.json`` dict."""
-    return HybridLM(ModelConfig.from_hf_config(config).to_graph())
+def _build(graph, device) -> HybridLM:
+    if device is None:
+        return HybridLM(graph)
+    with torch.device(device):  # parameters are created there, never first on the CPU
+        return HybridLM(graph)
 
 
-def build_model(name: str) -> HybridLM:
-    """A randomly initialised model of the zoo graph ``name`` (real sizes need real memory)."""
-    return HybridLM(ir.get_graph(name))
+def from_hf_config(config: dict, *, device=None) -> HybridLM:
+    """A randomly initialised model from a ``config.json`` dict (``device="meta"``: the module tree
+    with shapes and no memory, e.g. to check a published checkpoint's index against it)."""
+    return _build(ModelConfig.from_hf_config(config).to_graph(), device)
+
+
+def build_model(name: str, *, device=None) -> HybridLM:
+    """A randomly initialised model of the zoo graph ``name``; real sizes need real memory, or
+    ``device="meta"`` (shapes only: ``build_model("mimo-v2-flash", device="meta")`` holds 309B
+    parameters in no memory)."""
+    return _build(ir.get_graph(name), device)
 
 
 __all__ = ["HybridLM", "KVCache", "generate", "sample", "save_pretrained", "load_pretrained", "CheckpointError",
-           "list_models", "build_model", "ModelConfig", "get_config", "from_hf_config"]
+           "hf_names", "list_models", "build_model", "ModelConfig", "get_config", "from_hf_config"]

@@ -17,12 +17,18 @@ from hysparse_kernels.ir import Full, ModelGraph, OracleSparse, SlidingWindow
 
 
 class KVCache:
-    def __init__(self, graph: ModelGraph, batch: int, max_len: int, *, dtype=torch.float32, device="cpu", spare: int = 0):
+    def __init__(self, graph: ModelGraph, batch: int, max_len: int, *, dtype=torch.float32, device="cpu", spare: int = 0,
+                 growable: bool = False):
         """``spare``: extra ring slots so that up to ``spare + 1`` tokens can be appended and
-        rolled back without overwriting keys the window still needs (speculative decoding)."""
+        rolled back without overwriting keys the window still needs (speculative decoding).
+
+        ``growable``: the full-length caches double their capacity when an append would pass
+        ``max_len`` (for callers that do not know the final length, e.g. ``transformers``'
+        ``generate``); rings then always hold a whole window. Views from ``select`` never grow.
+        """
         if spare < 0:
             raise ValueError(f"spare: expected a non-negative int, got {spare}")
-        self.batch, self.max_len = batch, max_len
+        self.batch, self.max_len, self.growable = batch, max_len, growable
         self.k: dict[int, Tensor] = {}
         self.v: dict[int, Tensor] = {}
         self.window: dict[int, int | None] = {}
@@ -31,10 +37,8 @@ class KVCache:
             p = layer.pattern
             if isinstance(p, Full):
                 cap, window = max_len, None
-            elif isinstance(p, SlidingWindow):
-                cap, window = min(p.window + spare, max_len), p.window
-            elif isinstance(p, OracleSparse) and p.window is not None:
-                cap, window = min(p.window + spare, max_len), p.window
+            elif isinstance(p, SlidingWindow) or (isinstance(p, OracleSparse) and p.window is not None):
+                cap, window = p.window + spare if growable else min(p.window + spare, max_len), p.window
             else:
                 continue  # sparse branch without SWA: nothing of its own
             i = layer.index
@@ -69,7 +73,10 @@ class KVCache:
         lens = self.lens[layer]
         Sq = k_new.shape[2]
         if self.window[layer] is None:
-            if int(lens.max()) + Sq > self.max_len:
+            need = int(lens.max()) + Sq
+            if need > self.k[layer].shape[2] and self.growable:
+                self._grow(layer, max(need, 2 * self.k[layer].shape[2]))
+            if need > self.k[layer].shape[2]:
                 raise ValueError(f"cache: {int(lens.max())} + {Sq} tokens exceed max_len {self.max_len}")
             pos = lens.long()[:, None] + torch.arange(Sq, device=lens.device)  # [B, Sq]
             self._write(self.k[layer], k_new, pos)
@@ -101,6 +108,15 @@ class KVCache:
         )
         return gather(self.k[layer], k_new), gather(self.v[layer], v_new), (n_old + Sq).to(torch.int32)
 
+    def _grow(self, layer: int, capacity: int) -> None:
+        """Give the full-length cache of ``layer`` room for ``capacity`` tokens (contents kept)."""
+        for store in (self.k, self.v):
+            old = store[layer]
+            new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
+            new[:, :, : old.shape[2]] = old
+            store[layer] = new
+        self.max_len = max(self.max_len, capacity)
+
     @staticmethod
     def _write(cache: Tensor, new: Tensor, pos: Tensor) -> None:
         index = pos[:, None, :, None].expand(-1, cache.shape[1], -1, cache.shape[3])
@@ -109,7 +125,7 @@ class KVCache:
     def select(self, b: int) -> "KVCache":
         """A view of sequence ``b`` (shares storage: writes land in this cache)."""
         view = object.__new__(KVCache)
-        view.batch, view.max_len, view.window = 1, self.max_len, self.window
+        view.batch, view.max_len, view.window, view.growable = 1, self.max_len, self.window, False
         view.k = {i: t[b:b + 1] for i, t in self.k.items()}
         view.v = {i: t[b:b + 1] for i, t in self.v.items()}
         view.lens = {i: t[b:b + 1] for i, t in self.lens.items()}

@@ -25,6 +25,17 @@ def sample(logits: Tensor, temperature: float, top_p: float, generator=None) -> 
     return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
 
 
+def check_token_ids(name: str, ids, vocab: int) -> None:
+    """``ids``: a non-empty list of ints in ``[0, vocab)``; else a ValueError naming ``name``."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    if not isinstance(ids, (list, tuple)) or not ids:
+        raise ValueError(f"{name}: expected a non-empty list of token ids, got {ids!r}"[:200])
+    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"{name}: expected token ids in [0, {vocab}) (the model's vocabulary), got {bad[:5]}")
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0, eos: int | None = None,
              generator=None, cache_dtype=None) -> list[list[int]]:
@@ -34,6 +45,10 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts: expected a non-empty list of non-empty token lists")
+    for b, prompt in enumerate(prompts):
+        check_token_ids(f"prompts[{b}]", prompt, model.graph.vocab)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"temperature/top_p: expected temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     device = next(model.parameters()).device
@@ -43,11 +58,11 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     last = []
     for b, prompt in enumerate(prompts):
         ids = torch.tensor([prompt], device=device)
-        last.append(model(ids, cache=cache.select(b))[:, -1])
-    logits = torch.cat(last)
+        last.append(model.hidden_states(ids, cache=cache.select(b))[:, -1])
+    logits = model.logits(torch.cat(last))  # [B, vocab]: only the last position of each prompt
     out = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tok = sample(logits, temperature, top_p, generator)
         for b in range(B):
             if not done[b]:
@@ -56,5 +71,6 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
             done |= tok == eos
             if bool(done.all()):
                 break
-        logits = model(tok[:, None], cache=cache)[:, -1]
+        if step + 1 < max_new_tokens:  # the last token needs no forward of its own
+            logits = model.logits(model.hidden_states(tok[:, None], cache=cache)[:, -1])
     return out

@@ -17,8 +17,13 @@ import hysparse_kernels as hk
 from hysparse_kernels.ir import Full, LayerSpec, OracleSparse, SlidingWindow
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype normalisation, RoPE and router math run in: at least float32 (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
-    """``x / rms(x) * weight`` computed in float32. ``weight`` [hidden]."""
+    """``x / rms(x) * weight`` computed in at least float32 (float64 for float64 ``x``). ``weight`` [hidden]."""
 
     def __init__(self, hidden: int, eps: float = 1e-6):
         super().__init__()
@@ -26,14 +31,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = x.to(compute_dtype(x.dtype))
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-def rope_tables(positions: Tensor, rope_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin ``[..., S, rope_dim]`` for integer ``positions`` ``[..., S]`` (rotate-half layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.float32, device=positions.device) / rope_dim))
-    angles = positions.float()[..., None] * inv_freq  # [..., S, rope_dim/2]
+def rope_tables(positions: Tensor, rope_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos/sin ``[..., S, rope_dim]`` for integer ``positions`` ``[..., S]`` (rotate-half layout),
+    computed in ``compute_dtype(dtype)`` (float64 tables for a float64 model)."""
+    ct = compute_dtype(dtype)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=ct, device=positions.device) / rope_dim))
+    angles = positions.to(ct)[..., None] * inv_freq  # [..., S, rope_dim/2]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -94,7 +101,7 @@ class _Projections(nn.Module):
 
     def qkv(self, x: Tensor, step: Step, prefix: str = "") -> tuple[Tensor, Tensor, Tensor]:
         s = self.spec
-        cos, sin = rope_tables(step.positions, s.rope_dim, s.rope_theta)
+        cos, sin = rope_tables(step.positions, s.rope_dim, s.rope_theta, x.dtype)
         q = apply_rope(self._heads(x, self.q_proj, s.q_heads, s.qk_dim), cos, sin)
         k = apply_rope(self._heads(x, getattr(self, f"{prefix}k_proj"), s.kv_heads, s.qk_dim), cos, sin)
         v = self._heads(x, getattr(self, f"{prefix}v_proj"), s.kv_heads, s.v_dim)
@@ -172,7 +179,7 @@ class SparseAttention(_Projections):
         if self.window is not None:
             q, k, v = self.qkv(x, step, prefix="swa_")
         else:
-            cos, sin = rope_tables(step.positions, s.rope_dim, s.rope_theta)
+            cos, sin = rope_tables(step.positions, s.rope_dim, s.rope_theta, x.dtype)
             q = apply_rope(self._heads(x, self.q_proj, s.q_heads, s.qk_dim), cos, sin)
         o_sparse = _attend_sparse(q, shared["k"], shared["v"], shared["lens"], shared["indices"], self.block_size,
                                   self.sparse_sink_bias)

@@ -67,6 +67,8 @@ class Decoder(nn.Module):
         if graph.mtp is not None:
             from .mtp import MTPStack
 
+            # Always ``model.mtp.layers.{k}`` in memory; ``models.loading`` maps the layouts whose
+            # checkpoints store them elsewhere (MiMo-7B: ``model.mtp_layers.{k}``).
             self.mtp = MTPStack(graph.mtp, graph.hidden, graph.num_layers, eps)
 
     def forward(self, input_ids: Tensor, step: Step) -> Tensor:
@@ -77,17 +79,19 @@ class Decoder(nn.Module):
         return x
 
 
-class HybridLM(nn.Module):
-    """Causal LM over ``graph``: ``forward(input_ids [B, S], cache=None) -> logits [B, S, vocab]``.
+class CausalLMBody:
+    """What every causal LM of the zoo has, whatever its base class (``HybridLM`` here, the
+    ``transformers`` ``PreTrainedModel`` in ``models.hf``): ``model`` (the ``Decoder``: embedding,
+    layers, final norm, MTP blocks), ``lm_head``, ``graph``, and the two steps of a forward,
+    ``hidden_states`` and ``logits``."""
 
-    Without a cache the whole sequence is attended (training, scoring). With a ``KVCache`` the
-    new tokens are appended after each sequence's cached ones and attended through the decode ops.
-    """
+    graph: ModelGraph
 
-    def __init__(self, graph: ModelGraph, *, eps: float = 1e-6):
-        super().__init__()
+    def _build(self, graph: ModelGraph, eps: float | None = None) -> None:
+        if not isinstance(graph, ModelGraph):
+            raise TypeError(f"graph: expected an ir.ModelGraph, got {type(graph).__name__}")
         self.graph = graph
-        self.model = Decoder(graph, eps)
+        self.model = Decoder(graph, graph.norm_eps if eps is None else eps)
         self.lm_head = nn.Linear(graph.hidden, graph.vocab, bias=False)
         if graph.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -106,7 +110,21 @@ class HybridLM(nn.Module):
         return self.model(input_ids, Step(positions=positions, cache=cache))
 
     def logits(self, hidden: Tensor) -> Tensor:
+        """``[..., D]`` last hidden states -> ``[..., vocab]`` logits (final norm, LM head)."""
         return self.lm_head(self.model.norm(hidden))
+
+
+class HybridLM(CausalLMBody, nn.Module):
+    """Causal LM over ``graph``: ``forward(input_ids [B, S], cache=None) -> logits [B, S, vocab]``.
+
+    Without a cache the whole sequence is attended (training, scoring). With a ``KVCache`` the
+    new tokens are appended after each sequence's cached ones and attended through the decode ops.
+    ``eps``: the RMSNorm epsilon (default: the graph's ``norm_eps``).
+    """
+
+    def __init__(self, graph: ModelGraph, *, eps: float | None = None):
+        nn.Module.__init__(self)
+        self._build(graph, eps)
 
     def forward(self, input_ids: Tensor, cache=None) -> Tensor:
         return self.logits(self.hidden_states(input_ids, cache))

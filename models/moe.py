@@ -1,6 +1,11 @@
 """MoE FFN of the zoo: router (with the selection-only correction bias), stacked experts run by
 ``hysparse_kernels.moe``, optional shared experts, and the load statistics for balancing.
 
+Routing follows the graph's ``MoE`` spec: scores (softmax or sigmoid), the correction bias for
+the selection only, group-limited selection (``hysparse_kernels.route``: a group scored by the
+sum of its two best biased scores with a bias, by its best score without), the top-k weights
+renormalised when ``renormalize`` (Hugging Face ``norm_topk_prob``), then scaled.
+
 Experts are stored stacked (``experts.gate_up_proj [E, 2I, D]``, split layout: gate rows first;
 ``experts.down_proj [E, D, I]``); ``models.loading`` maps them to and from the per-expert
 Hugging Face names (``mlp.experts.{e}.gate_proj.weight``, ...).
@@ -13,7 +18,7 @@ from torch import Tensor, nn
 
 import hysparse_kernels as hk
 from hysparse_kernels.ir import MoE
-from .layers import SwiGLU
+from .layers import SwiGLU, compute_dtype
 
 
 class Router(nn.Module):
@@ -52,9 +57,11 @@ class MoEBlock(nn.Module):
         s = self.spec
         B, S, D = x.shape
         flat = x.reshape(B * S, D)
-        logits = flat.float() @ self.gate.weight.float().T  # router math in float32
+        ct = compute_dtype(x.dtype)  # router math in at least float32; float64 stays float64
+        logits = flat.to(ct) @ self.gate.weight.to(ct).T
         weights, ids = hk.route(logits, top_k=s.top_k, scoring=s.scoring, bias=self.gate.e_score_correction_bias,
-                                n_group=s.n_group, topk_group=s.topk_group, scaling=s.routed_scaling)
+                                n_group=s.n_group, topk_group=s.topk_group, renormalize=s.renormalize,
+                                scaling=s.routed_scaling)
         self.last_load = hk.expert_load(ids, s.num_experts).detach()
         out = hk.moe(flat, self.experts.gate_up_proj, self.experts.down_proj, weights.to(x.dtype), ids)
         if self.shared_experts is not None:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .cache import KVCache
-from .generate import sample
+from .generate import check_token_ids, sample
 
 
 @dataclass
@@ -107,6 +107,7 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, *, num_d
         raise ValueError(f"num_draft: expected 1..{len(stack.layers)} (the MTP blocks), got {num_draft}")
     if not prompt or max_new_tokens < 1 or temperature < 0:
         raise ValueError("prompt/max_new_tokens/temperature: expected a non-empty prompt, max_new_tokens >= 1, temperature >= 0")
+    check_token_ids("prompt", prompt, model.graph.vocab)
     device = next(model.parameters()).device
     start = time.perf_counter()
     cache = KVCache(model.graph, 1, len(prompt) + max_new_tokens + num_draft + 1,

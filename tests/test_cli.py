@@ -57,3 +57,59 @@ def test_info_options_are_frozen():
 def test_bad_option_exits_nonzero(argv):
     res = run_cli(*argv)
     assert res.returncode == 2 and "unrecognized arguments: --bogus" in res.stderr
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+GRAPH_JUNK = "not a graph"
+
+
+def _bad_inputs(tmp):
+    (tmp / "junk.json").write_text(GRAPH_JUNK)
+    (tmp / "empty").mkdir()
+    return [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["info", "--bogus"], "unrecognized arguments: --bogus"),
+        (["ir", "tiny-mimo-7b", "--backend", "bad"], "argument --backend: invalid choice: 'bad'"),
+        (["ir", "tiny-mimo-7b", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+        (["ir", "no-such-model"], "model: expected one of"),
+        (["ir", str(tmp / "junk.json")], "hysparse ir: error:"),
+        (["ir", "tiny-mimo-7b", "--seq-len", "0"], "--seq-len: expected a positive int, got 0"),
+        (["ir", "tiny-mimo-7b", "--json", str(tmp / "no" / "such" / "g.json")], "No such file or directory"),
+        (["models", "--dtype", "foo"], "argument --dtype: invalid choice: 'foo'"),
+        (["models", "--seq-len", "0"], "--seq-len: expected a positive int, got 0"),
+        (["train", "pretrain", "--steps", "0"], "--steps: expected a positive int, got 0"),
+        (["train", "pretrain", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+        (["train", "pretrain", "--model", "no-such-model", "--out", str(tmp / "run"), "--corpus-lines", "50"],
+         "expected one of"),
+        (["train", "pretrain", "--init-from", str(tmp / "nothing"), "--out", str(tmp / "run2"), "--corpus-lines", "50"],
+         "no such checkpoint"),
+        (["autotune", "import", str(tmp / "nonexistent")], "import: expected a folder written by `hysparse autotune export`"),
+        (["autotune", "import", str(tmp / "empty")], "import: no tuned-config files"),
+        (["autotune", "show"], "show: expected an OP"),
+        (["autotune", "--budget", "soon", "--op", "moe", "--shape", "T=1,H=8,E=2,K=1,I=8"], "--budget: expected a duration"),
+    ]
+
+
+def test_every_subcommand_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYSPARSE_CACHE", str(tmp_path / "cache"))
+    seen = set()
+    for argv, message in _bad_inputs(tmp_path):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as exc:  # argparse exits itself
+            rc = exc.code
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc not in (0, None), argv
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err)
+        assert message in lines[0], (argv, lines[0])
+        seen.add(argv[0])
+    assert set(cli.SUBCOMMANDS) <= seen  # every subcommand is exercised
+
+
+def test_the_installed_entry_point_prints_one_line_and_exits_nonzero(tmp_path):
+    res = run_cli("models", "--dtype", "foo")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    res = run_cli("ir", "tiny-mimo-7b", "--backend", "bad")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "--backend" in res.stderr

@@ -36,7 +36,7 @@ def run(args) -> int:
             values["mtp_layers"] = None
         for name in ("steps", "batch", "seq_len", "checkpoint_every", "corpus_lines"):
             if values[name] < 1:
-                raise SystemExit(f"--{name.replace('_', '-')}: expected a positive int, got {values[name]}")
+                raise ValueError(f"--{name.replace('_', '-')}: expected a positive int, got {values[name]}")
         summary = train(PretrainConfig(**values), resume=args.resume, progress=not args.no_progress)
         print(json.dumps(summary, indent=2))
     return 0

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     cfg = dataclasses.replace(DEMO, steps=args.steps)
     out = cache_dir(cfg)
     cfg = dataclasses.replace(cfg, out=str(out))
+    if args.fresh and out.exists():
+        shutil.rmtree(out)  # asked for: the cached run is discarded, not resumed
     if args.fresh or not (out / "final" / "config.json").exists():
         print(f"training {cfg.model} + {cfg.mtp_layers} MTP blocks for {cfg.steps} steps (cached at {out}) ...")
         summary = train(cfg, resume=not args.fresh, progress=True)

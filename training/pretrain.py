@@ -6,8 +6,13 @@ for adding draft heads to a trained model). MoE routers' selection biases follow
 aux-loss-free sign rule after every step.
 
 Outputs in ``out``: ``metrics.jsonl`` (one line per step), ``loss.png`` (the curves against the
-corpus' unigram baseline), ``checkpoints/`` (atomic; ``resume=True`` continues from the newest and
-reproduces the uninterrupted run's losses), and ``final/`` (the model, ``load_pretrained``-able).
+corpus' unigram baseline), ``checkpoints/`` (atomic; ``resume=True`` continues from the newest
+readable one of the same run and reproduces the uninterrupted run's losses), and ``final/`` (the
+model, ``load_pretrained``-able).
+
+A run is identified by its settings (every ``PretrainConfig`` field but ``out`` and
+``checkpoint_every``): a resume with other settings is refused, and so is a fresh run in an
+``out`` that already holds another run's checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 
 from hysparse_kernels import ir
 from hysparse_kernels.models import HybridLM, ModelConfig, get_config, save_pretrained
+from hysparse_kernels.models.files import remove_leftovers
 from hysparse_kernels.models.mtp import mtp_logits
 from . import checkpoint
 from .data import ByteTokenizer, TokenStream, make_corpus, unigram_entropy
@@ -82,13 +90,51 @@ def _lr(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _moe_blocks(model):
-    return [m for m in model.modules() if hasattr(m, "update_bias")]
+def _moe_blocks(module):
+    return [m for m in module.modules() if hasattr(m, "update_bias")]
+
+
+# Settings that do not change what a run computes: a resume may change them.
+NOT_RUN_SETTINGS = ("out", "checkpoint_every")
+
+
+def run_settings(cfg: PretrainConfig) -> dict:
+    """What identifies a run: a checkpoint resumes only under the same values."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_RUN_SETTINGS}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; lines that do not parse (a write cut short by a kill) are
+    skipped with a warning naming them."""
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no step")
+        except ValueError:
+            bad.append(number)
+            continue
+        rows.append(row)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s) {bad[:5]} (a write cut short)", stacklevel=2)
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(cfg)
+    checkpoint.remove_leftovers(out)
+    remove_leftovers(out / "final")
+    if not resume and (earlier := checkpoint.candidates(out)):
+        raise ValueError(f"--out: {out} holds checkpoints of an earlier run (newest {earlier[0].name}); "
+                         f"pass --resume to continue it, or choose another --out")
     torch.manual_seed(cfg.seed)
     tok = ByteTokenizer()
     ids = tok.encode(make_corpus(cfg.corpus_lines, cfg.seed))
@@ -98,9 +144,12 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
         raise ValueError(f"model: vocabulary {graph.vocab} is smaller than the tokenizer's {tok.vocab_size}")
     model = HybridLM(graph)
     if cfg.init_from:
-        from hysparse_kernels.models import load_pretrained
+        from hysparse_kernels.models import CheckpointError, load_pretrained
 
-        init = load_pretrained(cfg.init_from)
+        try:
+            init = load_pretrained(cfg.init_from)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--init-from: {exc}") from exc
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
         if unexpected or any(not k.startswith("model.mtp.") for k in missing):
             raise ValueError(f"init_from: does not fit {graph.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -112,15 +161,16 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     stream = TokenStream(ids, cfg.seq_len, cfg.batch, seed=cfg.seed)
-    start = 0
+    out.mkdir(parents=True, exist_ok=True)  # only once the settings have proved usable
+    start, kept = 0, []
     metrics_path = out / "metrics.jsonl"
-    if resume and (ckpt := checkpoint.latest(out)) is not None:
-        start = checkpoint.load(ckpt, model, optimizer, stream.generator)["step"]
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] < start] if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    if resume and (meta := checkpoint.resume(out, model, optimizer, stream.generator, settings)) is not None:
+        start = meta["step"]
+        kept = [row for row in read_metrics(metrics_path) if row["step"] < start] if metrics_path.exists() else []
+        _write_atomic(metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
     elif metrics_path.exists():
         metrics_path.unlink()
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    _write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
     bar = None
     if progress:
@@ -129,7 +179,7 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
         bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {graph.name}", unit="step")
     model.train()
     t0 = time.perf_counter()
-    last = {}
+    last = kept[-1] if kept else {}  # a resumed run that was already finished trains no step
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(cfg, step)
@@ -141,7 +191,8 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        for block in _moe_blocks(model):
+        # Frozen means frozen: with mtp_only the main model's routing biases stay as loaded too.
+        for block in _moe_blocks(model.model.mtp if cfg.mtp_only else model):
             block.update_bias(cfg.bias_update_rate)
         last = {"step": step, "loss": float(loss.detach()), "lm_loss": float(lm.detach()),
                 "mtp_loss": [float(x.detach()) for x in mtp],
@@ -152,7 +203,7 @@ def train(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -
             bar.update(1)
             bar.set_postfix(lm=f"{last['lm_loss']:.3f}", mtp=f"{float(mtp_mean.detach()):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            checkpoint.save(out, step + 1, model, optimizer, stream.generator, {"model": graph.name})
+            checkpoint.save(out, step + 1, model, optimizer, stream.generator, {"model": graph.name, "settings": settings})
     if bar is not None:
         bar.close()
     save_pretrained(model, out / "final")
@@ -168,7 +219,7 @@ def plot(metrics_path: Path, png: Path, baseline: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    rows = read_metrics(metrics_path)
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [r["lm_loss"] for r in rows], label="main (next token)")

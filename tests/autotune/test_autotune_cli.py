@@ -1,4 +1,7 @@
-"""`hysparse autotune` end to end on the CPU (TVM backend, tiny shapes, tiny budget)."""
+"""`hysparse autotune` end to end on the CPU (TVM backend, tiny shapes, tiny budget).
+
+The tuner's budget clock is a fake one here (``clock`` in conftest.py): it stands still unless a
+test moves it, so the machine's speed and load never decide whether a budget runs out."""
 
 import argparse
 import json
@@ -177,11 +180,114 @@ def test_ctrl_c_saves_the_best_so_far_and_resume_finishes(cache, monkeypatch, ca
     assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 4
 
 
-def test_budget_running_out_mid_bucket_saves_it_as_partial(cache, capsys):
-    # A shape no other test builds: building its first kernel alone outlasts the half-second budget.
-    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=3,Hkv=1,S=24,D=24", "--dtype", "fp32",
+def test_budget_running_out_mid_bucket_saves_it_as_partial(cache, capsys, monkeypatch, clock):
+    from hysparse_kernels.autotune import runner
+
+    real = runner.time_cpu
+
+    def one_second_per_timing(fn, reps=5):
+        ms = real(fn, reps)
+        clock.t += 1.0  # each timing uses up two half-second budgets: the bucket stops after the heuristic
+        return ms
+
+    monkeypatch.setattr(runner, "time_cpu", one_second_per_timing)
+    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=32,D=16", "--dtype", "fp32",
             "--budget", "0.5s", "--reps", "1", "--no-plots", "--no-progress"]
     assert main(args) == 0
     assert "partial (budget)" in capsys.readouterr().out
     (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
     assert not entry["complete"] and entry["config"] == entry["heuristic"]
+    assert len(entry["candidates"]) == 1  # the heuristic only: no candidate started after the budget ran out
+
+
+def test_a_budget_that_lasts_finishes_every_bucket_whatever_the_machine_speed(cache, capsys, monkeypatch, clock):
+    from hysparse_kernels.autotune import runner
+
+    real = runner.time_cpu
+
+    def a_little_time_per_timing(fn, reps=5):
+        clock.t += 0.01
+        return real(fn, reps)
+
+    monkeypatch.setattr(runner, "time_cpu", a_little_time_per_timing)
+    args = ["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=32,D=16", "--dtype", "fp32",
+            "--budget", "10s", "--max-candidates", "2", "--reps", "1", "--no-plots", "--no-progress"]
+    assert main(args) == 0
+    assert "partial" not in capsys.readouterr().out
+    (entry,) = tuned.entries("attention_fwd", backend="tvm").values()
+    assert entry["complete"] and len(entry["candidates"]) + len(entry["failed"]) == 3
+
+
+@pytest.fixture
+def read_only(cache, monkeypatch):
+    """Make the tuned-config cache behave like a read-only filesystem: every write under it
+    fails with EROFS. Simulated at the ``os`` layer, since root (the test machines' user)
+    ignores permission bits."""
+    import errno
+    import os
+
+    root = str(cache)
+
+    def under(path) -> bool:
+        return not isinstance(path, int) and os.path.abspath(os.fsdecode(path)).startswith(root)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def ro_open(path, flags, *args, **kwargs):
+        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def ro_mkdir(path, *args, **kwargs):
+        if under(path):
+            if os.path.exists(path):
+                raise FileExistsError(errno.EEXIST, "File exists", os.fsdecode(path))
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def ro(real):
+        return lambda path, *args, **kwargs: refuse(path) if under(path) else real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
+    for name in ("unlink", "remove", "replace", "rename", "rmdir"):
+        monkeypatch.setattr(os, name, ro(getattr(os, name)))
+    return cache
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_read_only_cache_is_a_one_line_error_for_tune_clear_and_import(cache, tmp_path, capsys, request):
+    path = tuned.store("moe_fwd", backend="tvm", shape={"tokens": 4, "hidden": 8, "experts": 2, "top_k": 1,
+                                                         "intermediate": 8}, config={"mt": 64})
+    assert main(["autotune", "export", str(tmp_path / "out")]) == 0
+    before = path.read_text()
+    capsys.readouterr()
+    request.getfixturevalue("read_only")
+
+    assert main(["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2,Hkv=1,S=16,D=16", "--no-progress"]) == 2
+    _one_line_error(capsys, "Read-only file system", "must be writable: pass --cache DIR or set HYSPARSE_CACHE")
+    assert main(["autotune", "clear"]) == 2
+    _one_line_error(capsys, "Read-only file system", "must be writable")
+    assert main(["autotune", "import", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "Read-only file system", "must be writable")
+    assert path.read_text() == before  # nothing lost, nothing half-written
+    assert main(["autotune", "list"]) == 0 and "moe_fwd" in capsys.readouterr().out  # reading still works
+
+
+def test_import_of_a_missing_or_empty_folder_is_an_error(tmp_path, capsys):
+    assert main(["autotune", "import", str(tmp_path / "nonexistent")]) == 2
+    _one_line_error(capsys, "import: expected a folder", "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert main(["autotune", "import", str(tmp_path / "empty")]) == 2
+    _one_line_error(capsys, "import: no tuned-config files (*.json)")

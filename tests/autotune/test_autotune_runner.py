@@ -1,7 +1,5 @@
 """The search of one bucket with a fake kernel: coordinate descent, dropped candidates, budget, confirm."""
 
-import time
-
 import pytest
 import torch
 
@@ -48,8 +46,16 @@ def test_coordinate_descent_drops_failures_and_wrong_results():
 def test_deadline_stops_incomplete_and_max_candidates_completes():
     task = FakeTask({k(a=i): float(10 - i) for i in range(1, 6)})
     groups = [[{"a": i} for i in range(1, 6)]]
-    res = runner.tune_bucket(task, groups, {"a": 1}, timer=timer_for(task), deadline=time.monotonic() - 1)
+    res = runner.tune_bucket(task, groups, {"a": 1}, timer=timer_for(task), deadline=5.0, now=lambda: 5.0)
     assert not res.complete and res.best == {"a": 1} and len(res.candidates) == 1
+    t = [0.0]  # each timing takes one second on the injected clock: two candidates fit before 2.5
+
+    def timer(fn):
+        t[0] += 1.0
+        return task.times[fn.key]
+
+    res = runner.tune_bucket(task, groups, {"a": 1}, timer=timer, deadline=2.5, now=lambda: t[0])
+    assert not res.complete and [c["config"] for c in res.candidates] == [{"a": 1}, {"a": 2}, {"a": 3}]
     res = runner.tune_bucket(task, groups, {"a": 1}, timer=timer_for(task), max_candidates=2)
     assert res.complete and res.best == {"a": 3} and len(res.candidates) == 3
 

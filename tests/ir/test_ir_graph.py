@@ -133,7 +133,8 @@ def test_presets_follow_the_published_layouts():
     swa, glob = flash.layers[1], flash.layers[0]
     assert (swa.q_heads, swa.kv_heads, glob.q_heads, glob.kv_heads) == (64, 8, 64, 4)
     assert (swa.qk_dim, swa.v_dim, swa.rope_dim, swa.value_scale) == (192, 128, 64, 0.707)
-    assert swa.pattern == SlidingWindow(128, sink=True) and glob.pattern == Full()
+    # the query and the 128 keys before it (MiMo-V2-Flash's sliding_window 128 counts the keys before the query)
+    assert swa.pattern == SlidingWindow(129, sink=True) and glob.pattern == Full()
     assert flash.mtp.num_layers == 3 and flash.vocab == 152576
     hs80 = get_graph("hysparse-80b-a3b")
     assert hs80.num_layers == 49 and sum(layer.pattern.kind == "full" for layer in hs80.layers) == 5

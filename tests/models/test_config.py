@@ -23,7 +23,7 @@ def test_mimo_v2_flash_keys():
     assert (hf["num_attention_heads"], hf["num_key_value_heads"]) == (64, 4)
     assert (hf["swa_num_attention_heads"], hf["swa_num_key_value_heads"]) == (64, 8)
     assert (hf["head_dim"], hf["v_head_dim"], hf["partial_rotary_factor"]) == (192, 128, 64 / 192)
-    assert hf["sliding_window"] == 128 and hf["add_swa_attention_sink_bias"] is True
+    assert hf["sliding_window"] == 129 and hf["add_swa_attention_sink_bias"] is True  # the zoo's window: query included
     assert (hf["n_routed_experts"], hf["num_experts_per_tok"], hf["moe_intermediate_size"]) == (256, 8, 2048)
     assert hf["scoring_func"] == "sigmoid" and hf["topk_method"] == "noaux_tc"
     assert hf["moe_layer_freq"][0] == 0 and all(hf["moe_layer_freq"][1:])
@@ -58,3 +58,43 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="config.num_hidden_layers: expected 2"):
         ModelConfig.from_hf_config({"hybrid_layer_pattern": [0, 1], "num_hidden_layers": 3, "hidden_size": 8,
                                     "num_attention_heads": 2})
+
+
+def _hf(name="tiny-mimo-v2-flash", **changes):
+    hf = get_config(name).to_hf_config()
+    hf.update(changes)
+    return hf
+
+
+BAD_VALUES = [
+    ("tiny-mimo-v2-flash", {"num_attention_heads": 0}, ValueError, r"config.num_attention_heads: expected an int >= 1, got 0"),
+    ("tiny-mimo-v2-flash", {"sliding_window": 0}, ValueError, r"config.sliding_window: expected an int >= 1, got 0"),
+    ("tiny-mimo-v2-flash", {"sliding_window": None}, TypeError, r"config.sliding_window: expected an int, got NoneType"),
+    ("tiny-hysparse-7b", {"sparse_topk": 1_000_000}, ValueError, r"config.sparse_topk: expected sparse_topk \* sparse_block_size <= 1048576"),
+    ("tiny-hysparse-7b", {"sparse_block_size": 24}, ValueError, r"config.sparse_block_size: expected a power of two, got 24"),
+    ("tiny-mimo-v2-flash", {"num_key_value_heads": 3}, ValueError, r"config.num_attention_heads: expected a multiple of num_key_value_heads \(3\)"),
+    ("tiny-mimo-v2-flash", {"vocab_size": 2.5}, TypeError, r"config.vocab_size: expected an int, got float 2.5"),
+    ("tiny-mimo-v2-flash", {"rope_theta": float("nan")}, ValueError, r"config.rope_theta: expected a finite number"),
+    ("tiny-mimo-v2-flash", {"partial_rotary_factor": 1.5}, ValueError, r"config.partial_rotary_factor: expected a finite number in \[0.0, 1.0\]"),
+    ("tiny-mimo-v2-flash", {"num_experts_per_tok": 99}, ValueError, r"config.num_experts_per_tok: expected at most n_routed_experts"),
+    ("tiny-mimo-v2-flash", {"scoring_func": "relu"}, ValueError, r"config.scoring_func: expected one of \['softmax', 'sigmoid'\], got 'relu'"),
+    ("tiny-mimo-v2-flash", {"routed_scaling_factor": float("inf")}, ValueError, r"config.routed_scaling_factor: expected a finite number"),
+    ("tiny-mimo-v2-flash", {"attention_bias": "yes"}, TypeError, r"config.attention_bias: expected true or false"),
+    ("tiny-mimo-v2-flash", {"moe_layer_freq": [0, 1]}, ValueError, r"config.moe_layer_freq: expected 6 entries of 0 or 1"),
+]
+
+
+@pytest.mark.parametrize("name, changes, error, message", BAD_VALUES,
+                         ids=[f"{k}={v!r}" for _, c, _, _ in BAD_VALUES for k, v in c.items()])
+def test_values_a_model_cannot_work_with_are_named(name, changes, error, message):
+    with pytest.raises(error, match=message):
+        ModelConfig.from_hf_config(_hf(name, **changes))
+
+
+def test_heads_zero_without_head_dim_is_named_not_a_division_by_zero():
+    hf = _hf(num_attention_heads=0)
+    del hf["head_dim"]
+    with pytest.raises(ValueError, match=r"config.num_attention_heads: expected an int >= 1, got 0"):
+        ModelConfig.from_hf_config(hf)
+    with pytest.raises(ValueError, match=r"config: missing required keys \['vocab_size'\]"):
+        ModelConfig.from_hf_config({"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1})

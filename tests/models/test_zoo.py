@@ -146,3 +146,38 @@ def test_compile_tiny_model_forward():
         eager = model(ids)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(ids)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_model_computes_norm_rope_and_router_in_float64(monkeypatch):
+    """A float64 model stays float64 in the parts that run in at least float32 for low precision."""
+    from hysparse_kernels.models.layers import RMSNorm, rope_tables
+
+    x = torch.randn(2, 5, 64, dtype=torch.float64)
+    norm = RMSNorm(64).double()
+    expect = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    torch.testing.assert_close(norm(x), expect, rtol=1e-15, atol=1e-15)
+    cos, sin = rope_tables(torch.arange(7)[None], 16, 10000.0, torch.float64)
+    assert cos.dtype == sin.dtype == torch.float64
+    assert rope_tables(torch.arange(7)[None], 16, 10000.0, torch.bfloat16)[0].dtype == torch.float32
+
+    model = build_model("tiny-mimo-v2-flash").double()
+    moe = next(m for m in model.modules() if type(m).__name__ == "MoEBlock")
+    seen, real = [], hk.route
+    monkeypatch.setattr(hk, "route", lambda logits, **kw: seen.append(logits.dtype) or real(logits, **kw))
+    moe(torch.randn(1, 3, model.graph.hidden, dtype=torch.float64))
+    assert seen == [torch.float64]
+
+
+def test_generate_names_token_ids_outside_the_vocabulary():
+    from hysparse_kernels.models.speculative import speculative_generate
+
+    model = build_model("tiny-mimo-v2-flash")
+    vocab = model.graph.vocab
+    with pytest.raises(ValueError, match=rf"prompts\[1\]: expected token ids in \[0, {vocab}\) .*got \[{vocab}\]"):
+        generate(model, [[1, 2], [3, vocab]], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"prompts\[0\]: expected token ids .*got \[-1\]"):
+        generate(model, [[-1]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 0, got -1"):
+        generate(model, [[1]], max_new_tokens=-1)
+    with pytest.raises(ValueError, match=rf"prompt: expected token ids in \[0, {vocab}\)"):
+        speculative_generate(model, [5, 10 ** 6], max_new_tokens=2)

@@ -36,8 +36,8 @@ def naive_route(logits, top_k, scoring, bias, n_group, topk_group, renormalize, 
             per = E // n_group
             gscore = []
             for g in range(n_group):
-                best = sorted(c[g * per:(g + 1) * per], reverse=True)[:2]
-                gscore.append((sum(best), g))
+                best = sorted(c[g * per:(g + 1) * per], reverse=True)[:2 if bias is not None else 1]
+                gscore.append((sum(best), g))  # with a bias the two best, without it the best
             keep = sorted(gscore, key=lambda p: (-p[0], p[1]))[:topk_group]
             allowed = {g * per + i for _, g in keep for i in range(per)}
         chosen = sorted(allowed, key=lambda e: (-c[e], e))[:top_k]
@@ -88,9 +88,13 @@ def test_route_ties_go_to_lower_id():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.5, 3.0, 3.0]], dtype=torch.float64)
     _, ids = hk.route(logits, top_k=3, backend=REF)
     assert ids.tolist() == [[1, 2, 4]]
-    # Groups {0,1}, {2,3}, {4,5}: groups 2 and 0 win; inside them 1, 4, 5 tie -> 1, 4.
-    _, ids = hk.route(logits, top_k=2, n_group=3, topk_group=2, backend=REF)
+    # Groups {0,1}, {2,3}, {4,5} scored by their two best (a bias, zero here): groups 2 and 0 win;
+    # inside them 1, 4, 5 tie -> 1, 4.
+    _, ids = hk.route(logits, top_k=2, bias=torch.zeros(6, dtype=torch.float64), n_group=3, topk_group=2, backend=REF)
     assert ids.tolist() == [[1, 4]]
+    # Without a bias, by their best: all three tie, groups 0 and 1 win; inside them 1, 2 (tied) -> 1, 2.
+    _, ids = hk.route(logits, top_k=2, n_group=3, topk_group=2, backend=REF)
+    assert ids.tolist() == [[1, 2]]
     # Tied groups: {0,1} and {2,3} score the same; the lower group wins.
     _, ids = hk.route(torch.tensor([[3.0, 3.0, 3.0, 3.0, 0.0, 0.0]]), top_k=2, n_group=3, topk_group=1, backend=REF)
     assert ids.tolist() == [[0, 1]]
@@ -106,11 +110,15 @@ def test_route_bias_moves_selection_not_weights():
     torch.testing.assert_close(w1[0], torch.stack([s[3], s[0]]), rtol=0, atol=1e-15)  # unbiased scores
 
 
-def test_route_group_score_is_sum_of_top2():
-    # Group 0 has one very high expert; group 1 two moderately high ones: top-2 sum picks group 1.
+def test_route_group_score_is_sum_of_top2_with_a_bias_and_the_max_without():
+    # Group 0 has one very high expert; group 1 two moderately high ones: the top-2 sum (with a
+    # bias) picks group 1, the best score (without) group 0.
     logits = torch.tensor([[4.0, -4.0, -4.0, -4.0, 1.5, 1.5, -4.0, -4.0]], dtype=torch.float64)
-    _, ids = hk.route(logits, top_k=2, scoring="sigmoid", n_group=2, topk_group=1, backend=REF)
+    bias = torch.zeros(8, dtype=torch.float64)
+    _, ids = hk.route(logits, top_k=2, scoring="sigmoid", bias=bias, n_group=2, topk_group=1, backend=REF)
     assert sorted(ids[0].tolist()) == [4, 5]
+    _, ids = hk.route(logits, top_k=2, scoring="sigmoid", n_group=2, topk_group=1, backend=REF)
+    assert sorted(ids[0].tolist()) == [0, 1]
 
 
 # ---------------------------------------------------------------- permutation

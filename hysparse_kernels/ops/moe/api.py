@@ -56,8 +56,9 @@ def route(router_logits, *, top_k, scoring="softmax", bias=None, n_group=1, topk
     * ``scoring="softmax"``: scores = softmax(logits). ``"sigmoid"``: scores = sigmoid(logits).
     * ``bias`` ``[E]`` (``e_score_correction_bias``) is added to the scores **for the selection
       only**; the weights are the unbiased scores of the chosen experts.
-    * ``n_group > 1``: experts form ``n_group`` consecutive groups; a group's score is the sum of
-      its two best biased scores; only the ``topk_group`` best groups are eligible.
+    * ``n_group > 1``: experts form ``n_group`` consecutive groups; only the ``topk_group`` best
+      groups are eligible. A group's score: with a ``bias``, the sum of its two best biased scores
+      (DeepSeek-V3 ``noaux_tc``); without one, its best score (DeepSeek-V2 ``group_limited_greedy``).
     * ``renormalize``: weights divided by their sum over the chosen k; then times ``scaling``.
     * Ties go to the lower expert id.
 

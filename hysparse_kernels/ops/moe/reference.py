@@ -50,8 +50,14 @@ def route(router_logits: Tensor, top_k: int, scoring: str, bias: Tensor | None, 
     if n_group > 1:
         per_group = E // n_group
         grouped = choice.view(T, n_group, per_group)
-        # Group score: the sum of the group's two best (biased) scores (one when a group has one expert).
-        group_score = grouped.topk(min(2, per_group), dim=-1).values.sum(-1)  # [T, n_group]
+        if bias is not None:
+            # With a selection bias (DeepSeek-V3 noaux_tc): the sum of the group's two best biased
+            # scores (one when a group has one expert).
+            group_score = grouped.topk(min(2, per_group), dim=-1).values.sum(-1)  # [T, n_group]
+        else:
+            # Without one (DeepSeek-V2 group_limited_greedy, DeepSeek-V3's gate without bias, vLLM
+            # grouped_topk): the group's best score.
+            group_score = grouped.amax(-1)  # [T, n_group]
         keep_groups = _topk_ids(group_score, topk_group)  # [T, topk_group]
         group_mask = torch.zeros(T, n_group, dtype=torch.bool, device=logits.device)
         group_mask.scatter_(1, keep_groups, True)

@@ -4,9 +4,10 @@ semantics; ties go to the lower expert id).
 
 One program handles ``BLOCK_T`` tokens; a row of ``E`` logits (padded to a power of two) stays in
 registers. Top-k is k rounds of (arg-max with ties to the left, mask it out): k is small (8) and E
-at most a few hundred, so this beats a sort. Group scores are the sum of each group's two best
-biased scores (DeepSeek-V3): the ``[BLOCK_T, E]`` tile is viewed as ``[BLOCK_T, n_group,
-E / n_group]``, so with groups E must be a power of two here (it is in the models: 64, 256).
+at most a few hundred, so this beats a sort. A group's score is the sum of its two best biased
+scores with a bias (DeepSeek-V3), its best score without: the ``[BLOCK_T, E]`` tile is viewed as
+``[BLOCK_T, n_group, E / n_group]``, so with groups E must be a power of two here (it is in the
+models: 64, 256).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _route_kernel(
         o_in = tl.arange(0, PER)[None, None, :]
         best = tl.max(grouped, axis=2)
         best_at = tl.argmax(grouped, axis=2, tie_break_left=True)
-        if PER > 1:
+        if HAS_BIAS and PER > 1:  # with a bias: the two best; without: the best alone
             second = tl.max(tl.where(o_in == best_at[:, :, None], float("-inf"), grouped), axis=2)
             gscore = best + second  # [BLOCK_T, N_GROUP]
         else:
