@@ -88,6 +88,7 @@ def _bad_inputs(tmp):
         (["autotune", "import", str(tmp / "empty")], "import: no tuned-config files"),
         (["autotune", "show"], "show: expected an OP"),
         (["autotune", "--budget", "soon", "--op", "moe", "--shape", "T=1,H=8,E=2,K=1,I=8"], "--budget: expected a duration"),
+        (["audio", "tokenize", str(tmp / "missing.wav"), "--tokenizer", str(tmp)], "missing.wav: no such file"),
     ]
 
 

@@ -150,6 +150,7 @@ class AudioLMConfig:
     local_ffn_dim: int = 256
     text_loss_weight: float = 100.0
     audio_loss_weights: tuple[float, ...] = (12.0, 8.0, 6.0, 4.0, 2.0, 2.0, 1.0, 1.0)
+    norm_eps: float = 1e-6  # RMSNorm epsilon of the backbone and both local Transformers
     name: str = ""
 
     def __post_init__(self):
@@ -169,6 +170,8 @@ class AudioLMConfig:
             if getattr(self, name) % self.local_attn_heads:
                 raise ValueError(f"AudioLMConfig.{name}: expected a multiple of local_attn_heads ({self.local_attn_heads}), "
                                  f"got {getattr(self, name)}")
+        if not 0 < self.norm_eps < 1:
+            raise ValueError(f"AudioLMConfig.norm_eps: expected a number in (0, 1), got {self.norm_eps!r}")
         if self.backbone not in ir.list_graphs():
             raise ValueError(f"AudioLMConfig.backbone: expected one of {ir.list_graphs()}, got {self.backbone!r}")
 
@@ -195,7 +198,7 @@ class AudioLMConfig:
         graph = ir.get_graph(self.backbone)
         if graph.vocab < TEXT_VOCAB:
             raise ValueError(f"AudioLMConfig.backbone: vocabulary {graph.vocab} is smaller than the text vocabulary {TEXT_VOCAB}")
-        return dataclasses.replace(graph, mtp=None, name=f"{graph.name}-audio-backbone")
+        return dataclasses.replace(graph, mtp=None, norm_eps=self.norm_eps, name=f"{graph.name}-audio-backbone")
 
     def _local_graph(self, dim: int, layers: int, ffn: int, name: str) -> ir.ModelGraph:
         dims = ir.AttentionDims(q_heads=self.local_attn_heads, kv_heads=self.local_attn_heads,
@@ -229,7 +232,8 @@ AUDIO_PRESETS = {
     # 64 heads, FFN 4096; codebooks 1024, 1024, 128 x 6 (+1 empty id each); delays 0..7.
     "mimo-audio-7b": AudioLMConfig(
         backbone="mimo-7b", codebook_sizes=(1024, 1024, 128, 128, 128, 128, 128, 128), input_local_dim=1024,
-        input_local_layers=6, local_dim=1024, local_layers=16, local_attn_heads=64, local_ffn_dim=4096, name="mimo-audio-7b"),
+        input_local_layers=6, local_dim=1024, local_layers=16, local_attn_heads=64, local_ffn_dim=4096, norm_eps=1e-5,
+        name="mimo-audio-7b"),
 }
 
 TOKENIZER_PRESETS = {

@@ -58,12 +58,12 @@ def unpack(ids: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
 class AudioLM(nn.Module):
     """See the module docstring. ``cfg.backbone`` names the zoo graph (its MTP blocks dropped)."""
 
-    def __init__(self, cfg: AudioLMConfig, *, eps: float = 1e-6):
+    def __init__(self, cfg: AudioLMConfig):
         super().__init__()
         self.cfg = cfg
         self.graph = cfg.backbone_graph()
         H = self.graph.hidden
-        self.model = Decoder(self.graph, eps)
+        self.model = Decoder(self.graph, cfg.norm_eps)
         self.lm_head = nn.Linear(H, self.graph.vocab, bias=False)
         if self.graph.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -112,7 +112,8 @@ class PatchEncoder(nn.Module):
 
     def __init__(self, cfg: AudioLMConfig, hidden: int):
         super().__init__()
-        self.input_local_transformer = LocalTransformer(cfg.patch_encoder_graph(), causal=not cfg.input_full_attention)
+        self.input_local_transformer = LocalTransformer(cfg.patch_encoder_graph(), causal=not cfg.input_full_attention,
+                                                        eps=cfg.norm_eps)
         self.speech_group_downcast = nn.Linear(cfg.group_size * cfg.input_local_dim, hidden, bias=False)
 
     def forward(self, frames: Tensor) -> Tensor:
@@ -130,7 +131,7 @@ class PatchDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.hidden_states_downcast = nn.Linear(hidden, cfg.local_dim, bias=False)
-        self.local_transformer = LocalTransformer(cfg.patch_decoder_graph(), causal=True)
+        self.local_transformer = LocalTransformer(cfg.patch_decoder_graph(), causal=True, eps=cfg.norm_eps)
         self.local_transformer_lm_heads = nn.ModuleList(nn.Linear(cfg.local_dim, v, bias=False) for v in cfg.vocab_sizes)
         self.speech_embeddings_to_local = (nn.Linear(cfg.input_local_dim, cfg.local_dim, bias=False)
                                            if cfg.input_local_dim != cfg.local_dim else None)
