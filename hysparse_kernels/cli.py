@@ -48,6 +48,7 @@ SUBCOMMANDS = {
     "train": ("hysparse_kernels.training.cli", "training recipes"),
     "recipe": ("hysparse_kernels.training.rl.cli", "RL and SFT recipes: list, run (writes metrics, curves, eval.json)"),
     "autotune": ("hysparse_kernels.autotune.cli", "tune kernels for this machine and save configs"),
+    "audio": ("hysparse_kernels.training.audio.cli", "MiMo-Audio: tokenize / generate WAV, train the tokenizer and audio LM, few-shot tasks"),
 }
 
 

@@ -97,6 +97,7 @@ def _bad_inputs(tmp):
         (["recipe", "run", "no-such-recipe", "--out", str(tmp / "r")], "recipe: expected one of"),
         (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--steps", "0"], "steps: expected a positive int, got 0"),
         (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--init-from", str(tmp / "nothing")], "hysparse recipe: error:"),
+        (["audio", "tokenize", str(tmp / "missing.wav"), "--tokenizer", str(tmp)], "missing.wav: no such file"),
     ]
 
 
