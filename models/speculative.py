@@ -38,6 +38,10 @@ class SpecStats:
     accepted_per_head: list = field(default_factory=list)  # drafts of head j accepted
     proposed_per_head: list = field(default_factory=list)  # rounds in which head j's draft was checked
     seconds: float = 0.0
+    # per round: tokens committed (1 + accepted drafts) and the entropy (nats) of the main model's
+    # distribution at the first drafted position, the quantity acceptance is binned by
+    round_tokens: list = field(default_factory=list)
+    round_entropy: list = field(default_factory=list)
 
     @property
     def acceptance_length(self) -> float:
@@ -51,6 +55,11 @@ class SpecStats:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _entropy(logits: Tensor) -> float:
+    """Entropy in nats of ``softmax(logits)`` (``[vocab]``), at temperature 1."""
+    return float(torch.special.entr(torch.softmax(logits.double(), dim=-1)).sum())
 
 
 def _probs(logits: Tensor, temperature: float) -> Tensor:
@@ -154,6 +163,8 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, *, num_d
             tokens.extend(new)
             stats.rounds += 1
             stats.tokens += len(new)
+            stats.round_tokens.append(len(new))
+            stats.round_entropy.append(_entropy(logits[0]))
     out = tokens[len(prompt):]
     if eos is not None and eos in out:
         out = out[:out.index(eos) + 1]

@@ -48,6 +48,17 @@ def test_accepted_drafts_and_rollback_keep_greedy_output(monkeypatch):
     out, stats = spec.speculative_generate(model, prompt, 40, num_draft=3)
     assert out == plain
     assert stats.acceptance_length > 1.5 and sum(stats.accepted_per_head) > 0
+    # per round: round i accepts (i + 1) % 4 drafts and commits one more token
+    assert stats.round_tokens == [(i + 1) % 4 + 1 for i in range(stats.rounds)]
+    # and the entropy of the main model at the round's first drafted position, recomputed here by
+    # a plain forward of the context the round started from
+    start = len(prompt) + 1
+    for i, h in enumerate(stats.round_entropy):
+        n = start + sum(stats.round_tokens[:i])
+        with torch.no_grad():
+            p = torch.softmax(model(torch.tensor([truth[:n]]))[0, -1], dim=-1)
+        expected = float(-(p * p.log()).sum())
+        assert h == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 def test_mtp_draft_matches_training_view():

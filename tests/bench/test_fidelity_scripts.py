@@ -1,0 +1,61 @@
+"""The fidelity experiments in bench/fidelity/ keep working: each runs at a minimal size, and the
+MTP entropy fit recovers known constants."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+FIDELITY = pathlib.Path(__file__).resolve().parents[2] / "bench" / "fidelity"
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"fidelity_{name}", FIDELITY / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_entropy_fit_recovers_known_constants():
+    """Points on L = 4(1 - 0.58 H^0.58) give back a = b = 0.58 and R^2 = 1; noise lowers R^2."""
+    fit = _load("mtp_entropy").fit
+    h = np.array([0.05, 0.1, 0.3, 0.6, 1.0, 1.5, 2.2])
+    acc = 4 * (1 - 0.58 * h ** 0.58)
+    p = fit(h, acc, 3)
+    assert p["a"] == pytest.approx(0.58, rel=1e-6) and p["b"] == pytest.approx(0.58, rel=1e-6)
+    assert p["r2"] == pytest.approx(1.0, abs=1e-9) and p["points"] == len(h)
+    noisy = acc + np.array([0.2, -0.2, 0.2, -0.2, 0.2, -0.2, 0.2])
+    assert fit(h, noisy, 3)["r2"] < 0.99
+    # points outside the form's range (L >= K + 1, H = 0) are left out, not fitted
+    assert fit(np.array([0.0, 0.5, 1.0]), np.array([3.0, 4.0, 2.0]), 3)["points"] == 1
+
+
+def test_kv_bytes_measured_equals_the_plan(tmp_path):
+    mod = _load("kv_bytes")
+    rc = mod.main(["--prefill", "140", "--decode", "3", "--models", "tiny-hysparse-80b-a3b", "tiny-mimo-v2-flash",
+                   "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert rc == 0 and len(result["tiny"]) == 6
+    for row in result["tiny"]:
+        assert row["tokens"] == 143 and row["measured"] == row["plan"] > 0
+    big = {r["model"]: r for r in result["full_size"]}
+    assert big["hysparse-80b-a3b"]["saving"] == pytest.approx(9.47, abs=0.005)
+    assert (tmp_path / "table.md").read_text().count("| yes |") == 6
+
+
+@pytest.mark.slow
+def test_mtp_entropy_runs_at_a_minimal_size(tmp_path):
+    """Trains the demo checkpoint first when it is not cached (minutes)."""
+    mod = _load("mtp_entropy")
+    assert mod.main(["--seeds", "0", "--prompts", "2", "--new-tokens", "8", "--bins", "2", "--temperature", "0",
+                     "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert sum(b["rounds"] for b in result["bins"]) >= 4
+    for b in result["bins"]:
+        assert 1.0 <= b["acceptance"] <= 4.0 and b["entropy"] >= 0 and math.isfinite(b["entropy"])
+    assert (tmp_path / "acceptance_vs_entropy.png").stat().st_size > 0
