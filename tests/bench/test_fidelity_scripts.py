@@ -59,3 +59,16 @@ def test_mtp_entropy_runs_at_a_minimal_size(tmp_path):
     for b in result["bins"]:
         assert 1.0 <= b["acceptance"] <= 4.0 and b["entropy"] >= 0 and math.isfinite(b["entropy"])
     assert (tmp_path / "acceptance_vs_entropy.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sink_experiment_runs_at_a_minimal_size(tmp_path):
+    mod = _load("sink")
+    assert mod.main(["--seeds", "0", "--steps", "3", "--batch", "2", "--seq-len", "40", "--corpus-lines", "200",
+                     "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "result.json").read_text())["runs"]
+    assert [r["sink"] for r in runs] == [True, False]
+    with_sink, without = runs
+    assert all(math.isfinite(v) for r in runs for v in r["curve"]) and len(with_sink["curve"]) == 3
+    assert with_sink["sink_values"] and not without["sink_values"]
+    assert (tmp_path / "loss_curves.png").stat().st_size > 0
