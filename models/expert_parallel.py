@@ -4,7 +4,7 @@ ranks, tokens sent to the ranks that hold their experts and back with ``all_to_a
 With ``P`` ranks in the group and ``E`` experts, rank ``p`` holds experts ``[p*L, (p+1)*L)``
 (``L = E / P``): the stacked weights ``experts.gate_up_proj [E, 2I, D]`` and
 ``experts.down_proj [E, D, I]`` become ``DTensor`` s sharded on dim 0 over the group's
-``DeviceMesh`` (``shard_experts``), so a distributed checkpoint stores them under their global
+``DeviceMesh`` and ``experts.expert_group`` names the group (``shard_experts``), so a distributed checkpoint stores them under their global
 shapes and loads them on any number of ranks. The router stays whole on every rank.
 
 One MoE call (``expert_parallel_moe``) on each rank, for its own tokens ``x [T, D]``:
@@ -26,7 +26,6 @@ may receive no rows for some (or all) of its experts: their gradient is then zer
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,7 @@ from torch.distributed.nn.functional import all_to_all_single as all_to_all_auto
 
 import hysparse_kernels as hk
 
-__all__ = ["Dispatch", "expert_parallel_moe", "shard_experts", "is_expert_parallel"]
+__all__ = ["Dispatch", "expert_parallel_moe", "shard_experts"]
 
 
 @dataclass(frozen=True)
@@ -96,14 +95,6 @@ def expert_parallel_moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: T
     return out, Dispatch(tuple(sent), tuple(received), rank, D, x.element_size())
 
 
-def is_expert_parallel(param) -> bool:
-    """True for expert weights that ``shard_experts`` spread over an expert-parallel mesh (a DTensor;
-    checked without importing ``torch.distributed.tensor``, which takes seconds: nothing can be a
-    DTensor before it is imported)."""
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    return dtensor is not None and isinstance(param, dtensor.DTensor)
-
-
 def shard_experts(model: nn.Module, ep_mesh) -> list[nn.Module]:
     """Shard the stacked experts of every MoE block of ``model`` over the 1-D ``DeviceMesh`` ``ep_mesh``
     (dim 0, expert by expert); the values are taken from the group's first rank. Returns the
@@ -126,5 +117,6 @@ def shard_experts(model: nn.Module, ep_mesh) -> list[nn.Module]:
         for pname, p in list(experts.named_parameters(recurse=False)):
             sharded = distribute_tensor(p.detach(), ep_mesh, [Shard(0)])
             experts.register_parameter(pname, nn.Parameter(sharded, requires_grad=p.requires_grad))
+        experts.expert_group = ep_mesh.get_group()
         done.append(experts)
     return done

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 import hysparse_kernels as hk
 from hysparse_kernels.ir import MoE
-from .expert_parallel import Dispatch, expert_parallel_moe, is_expert_parallel
+from .expert_parallel import Dispatch, expert_parallel_moe
 from .layers import SwiGLU, compute_dtype
 
 
@@ -39,8 +39,12 @@ class Router(nn.Module):
 
 
 class StackedExperts(nn.Module):
+    """``gate_up_proj [E, 2I, D]``, ``down_proj [E, D, I]``; ``expert_group``: the process group
+    they are sharded over (``expert_parallel.shard_experts``), None when whole."""
+
     def __init__(self, spec: MoE, hidden: int):
         super().__init__()
+        self.expert_group = None
         E, inter = spec.num_experts, spec.intermediate
         self.gate_up_proj = nn.Parameter(torch.randn(E, 2 * inter, hidden) * 0.02)
         self.down_proj = nn.Parameter(torch.randn(E, hidden, inter) * 0.02)
@@ -70,9 +74,10 @@ class MoEBlock(nn.Module):
                                 scaling=s.routed_scaling)
         self.last_load = hk.expert_load(ids, s.num_experts).detach()
         w_gate_up, w_down = self.experts.gate_up_proj, self.experts.down_proj
-        if is_expert_parallel(w_gate_up):  # experts spread over ranks (expert_parallel.shard_experts)
+        group = self.experts.expert_group
+        if group is not None:  # experts spread over ranks (expert_parallel.shard_experts): DTensors
             out, self.last_dispatch = expert_parallel_moe(flat, w_gate_up.to_local(), w_down.to_local(),
-                                                          weights.to(x.dtype), ids, w_gate_up.device_mesh.get_group())
+                                                          weights.to(x.dtype), ids, group)
         else:
             out = hk.moe(flat, w_gate_up, w_down, weights.to(x.dtype), ids)
         if self.shared_experts is not None:
