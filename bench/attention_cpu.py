@@ -10,7 +10,8 @@ One module, two faces:
 
 Shapes follow the issue: Hq 32 / Hkv 8, D 128, batch 1; causal prefill at S = 1K / 4K (fp32,
 bf16), SWA 128 at S = 8K, and a HySparse decode step at 32K context (sparse attention over the
-top-16 blocks of 64 of the shared cache + the SWA-128 branch) vs SDPA full decode over the cache.
+top-16 blocks of 64 of the shared cache + the SWA-128 branch) vs SDPA full decode over the cache;
+and sparse attention with index lists padded to 100,000 entries (pads must cost nothing).
 """
 
 from __future__ import annotations
@@ -172,10 +173,31 @@ def decode_case(ctx: int, topk: int = 16, block: int = 64, window: int = 128, dt
     return case
 
 
+def sparse_pads_case(s: int = 256, topk: int = 4, width: int = 100_000, block: int = 16) -> Case:
+    """HySparse sparse attention whose index lists are ``width`` entries of mostly ``-1`` pads
+    (the same ``topk`` blocks per query): pads must cost nothing next to the short lists. The
+    lists are ``Hkv * s * width`` int32 (205 MB here): only reading them once is left to pay."""
+    g = torch.Generator().manual_seed(0)
+    hq, hkv, d = 8, 2, 64
+    q = torch.randn(1, hq, s, d, generator=g)
+    k, v = torch.randn(1, hkv, s, d, generator=g), torch.randn(1, hkv, s, d, generator=g)
+    scores = torch.rand(1, hkv, s, s // block, generator=g)
+    idx = hk.topk_blocks(scores, topk, block_size=block, seqlen_k=s, backend="reference")
+    wide = torch.full((1, hkv, s, width), -1, dtype=torch.int32)
+    wide[..., width // 2: width // 2 + topk] = idx
+    case = Case(f"sparse attention S={s}, top-{topk} of {s // block} blocks, lists padded to {width}",
+                4.0 * hq * d * s * topk * block, rounds=5)
+    case.impls["tvm k=4"] = lambda: hk.sparse_attention(q, k, v, idx, block_size=block, backend="tvm")
+    case.impls[f"tvm k={width} (pads)"] = lambda: hk.sparse_attention(q, k, v, wide, block_size=block, backend="tvm")
+    case.impls[f"reference k={width} (pads)"] = lambda: hk.sparse_attention(q, k, v, wide, block_size=block,
+                                                                             backend="reference")
+    return case
+
+
 def all_cases(quick: bool = False) -> list[Case]:
     cases = [prefill_case(1024, torch.float32, reference=True, flex=True),
              prefill_case(1024, torch.bfloat16, reference=False, flex=False),
-             decode_case(32768)]
+             decode_case(32768), sparse_pads_case()]
     if not quick:
         cases += [prefill_case(4096, torch.float32, reference=False, flex=True),
                   prefill_case(4096, torch.bfloat16, reference=False, flex=False),

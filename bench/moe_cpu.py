@@ -2,9 +2,9 @@
 torch loop, 64 experts, top-8, D = 1024, I = 512 (the issue's shapes), measured in one process.
 
 Run as a script for the table (rounds of the two implementations interleaved, so both see the
-same load on a shared machine; medians)::
+same load on a shared machine; medians), in the environment a user has (no thread variables)::
 
-    OMP_WAIT_POLICY=PASSIVE python bench/moe_cpu.py --tokens 1 16 64 512 4096 --dtype float32 bfloat16
+    python bench/moe_cpu.py --tokens 1 16 64 512 4096 --dtype float32 bfloat16
 
 ``bench/test_moe_cpu.py`` runs the same two functions under pytest-benchmark (``make bench``).
 
@@ -16,20 +16,16 @@ received at least one token, x and the output. GFLOP/s counts 2 * T * k * 3 * I 
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
+import statistics
+import time
 
-# torch's OpenMP workers must not spin between ops on a 2-core machine shared with TVM's pool.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import hysparse_kernels as hk  # noqa: E402
+import hysparse_kernels as hk
 
 E, TOP_K, D, I = 64, 8, 1024, 512
 
@@ -102,8 +98,13 @@ def main(argv=None):
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per size (4096 uses at most 3)")
     args = p.parse_args(argv)
+    from hysparse_kernels.backends.tvm import threads
+
+    plan = threads.policy()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"torch threads {torch.get_num_threads()}, TVM threads {plan.threads} (pool {plan.pool}), "
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}, load {os.getloadavg()[0]:.1f}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| dtype | T | loop ms | loop GFLOP/s | loop GB/s | TVM ms | TVM GFLOP/s | TVM GB/s | speedup (wall) |"
           " loop CPU ms | TVM CPU ms | speedup (CPU time) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

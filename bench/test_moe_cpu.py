@@ -7,7 +7,6 @@ the two interleaved (fairer on a shared machine). Run: ``make bench`` or
 import os
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402

@@ -46,7 +46,9 @@ SUBCOMMANDS = {
     "ir": ("hysparse_kernels.ir.cli", "a model's graph, KV plan and kernel plan"),
     "models": ("hysparse_kernels.models.cli", "the model zoo: parameters and KV bytes"),
     "train": ("hysparse_kernels.training.cli", "training recipes"),
+    "recipe": ("hysparse_kernels.training.rl.cli", "RL and SFT recipes: list, run (writes metrics, curves, eval.json)"),
     "autotune": ("hysparse_kernels.autotune.cli", "tune kernels for this machine and save configs"),
+    "audio": ("hysparse_kernels.training.audio.cli", "MiMo-Audio: tokenize / generate WAV, train the tokenizer and audio LM, few-shot tasks"),
 }
 
 

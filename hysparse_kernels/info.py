@@ -50,7 +50,23 @@ def collect() -> dict:
             for st in all_status()
         ],
         "auto": {op: dispatch.resolve(op, device_type) for op in ops},
+        "threads": threads_info(),
     }
+
+
+def threads_info() -> dict:
+    """Thread counts of torch and of TVM's pool (the policy of ``backends.tvm.threads``)."""
+    import os
+
+    from .backends import status
+
+    info = {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    if status("tvm").installed:
+        from .backends.tvm import threads
+
+        info["tvm"] = threads.describe()
+    return info
 
 
 def format_table(info: dict) -> str:
@@ -63,6 +79,19 @@ def format_table(info: dict) -> str:
     for b in info["backends"]:
         runs = ",".join(b["devices"]) if b["devices"] else "-"
         lines.append(f"{b['name']:<10} {b['version'] or '-':<14} {runs:<10} {len(b['ops']):>4}  {b['why']}")
+    th = info.get("threads")
+    if th:
+        lines += ["", f"threads  torch {th['torch_intra_op']} intra-op, {th['torch_inter_op']} inter-op"
+                      f" (OMP_NUM_THREADS {th['OMP_NUM_THREADS'] or 'unset'})"]
+        tv = th.get("tvm")
+        if tv:
+            lines.append(f"         tvm {tv['threads']} per kernel (from {tv['source']}; runtime reports "
+                         f"{tv['tvm_runtime_threads']}), pool of {tv['pool']} on {tv['cores']} usable cores; "
+                         f"kernels under {tv['small_work_flops'] / 1e6:g} MFLOP on 1; spin count {tv['spin_count']}")
+            dyn = (f"on: other processes' load now {tv['other_load']:g}; while it leaves fewer free cores than a "
+                   f"kernel's threads, kernels under {tv['busy_work_flops'] / 1e6:g} MFLOP and decode steps under "
+                   f"{tv['busy_step_flops'] / 1e6:g} MFLOP run on 1" if tv["dynamic"] else "off (HYSPARSE_TVM_DYNAMIC=0)")
+            lines.append(f"         busy-machine adjustment {dyn}")
     lines += ["", "auto picks, on this device:"]
     width = max((len(op) for op in info["auto"]), default=0)
     lines += [f"  {op:<{width}}  {backend}" for op, backend in info["auto"].items()]

@@ -31,7 +31,7 @@ block size, MoE dims; ``group = q_heads // kv_heads`` stands for the head counts
 Launch
 ------
 :func:`launch` is what a kernel calls: the tuned config for the shape, else the heuristic (one
-warning per op and device). A tuned config that fails at launch is reported, blacklisted on
+warning per process and device). A tuned config that fails at launch is reported, blacklisted on
 disk (``<cache>/<device-key>/blacklist.json``) and the heuristic runs instead. Answers are kept
 in memory per (op, backend, device, bucket): the hot path never reads a file twice.
 
@@ -476,17 +476,23 @@ def blacklist(op: str, *, backend: str, device="cpu", config: dict, reason: str,
 
 
 def warn_heuristic(op: str, backend: str, device="cpu", heuristic=None) -> None:
-    """The one warning per op and device that a kernel runs its heuristic config (no tuned entry)."""
-    _warn_once(("heuristic", op, device_key(device)),
-               f"no tuned config for {op} ({backend}) on {device_description(str(device))['name']}: using the "
-               f"heuristic default{' ' + str(heuristic) if heuristic else ''}; `hysparse autotune` tunes this machine",
+    """The one warning per process and device that kernels run heuristic configs (no tuned entry).
+
+    One line, not one per op: on an untuned machine every op is untuned, and a list of them says
+    nothing more than "this machine is not tuned"; ``hysparse ir MODEL`` shows per op whether
+    its config is tuned or heuristic.
+    """
+    _warn_once(("heuristic", device_key(device)),
+               f"no tuned config for {op} ({backend}) on {device_description(str(device))['name']}: it and any other "
+               f"untuned kernel run heuristic defaults (said once per process); `hysparse autotune` tunes this "
+               f"machine, `hysparse ir MODEL` shows which ops are tuned",
                stacklevel=5)
 
 
 def launch(op: str, *, backend: str, device="cpu", shape: dict, heuristic: dict, run: Callable[[dict], object]):
     """Run ``run(config)`` with the tuned config for ``shape`` (missing knobs from ``heuristic``).
 
-    No tuned config: ``run(heuristic)`` with one :class:`TunedConfigWarning` per op and device.
+    No tuned config: ``run(heuristic)`` with one :class:`TunedConfigWarning` per process and device.
     A tuned config that raises: the heuristic runs; if it succeeds the tuned config is reported
     and blacklisted, if it fails too the error is the input's and is raised unchanged.
     """

@@ -6,10 +6,26 @@ the decode steps run on the whole batch with per-sequence lengths (``cache_seqle
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
+from hysparse_kernels import ir
+from hysparse_kernels.backends.tvm.threads import sized_for
+
 from .cache import KVCache
+
+
+@lru_cache(maxsize=64)
+def _active_params(graph) -> int:
+    return ir.param_count(graph).active
+
+
+def step_work(model, tokens: int) -> float:
+    """FLOPs of one forward over ``tokens`` new tokens (2 per active parameter per token): what the
+    thread policy sizes decode steps by (``threads.sized_for``: small steps run on one thread)."""
+    return 2.0 * _active_params(model.graph) * tokens
 
 
 def sample(logits: Tensor, temperature: float, top_p: float, generator=None) -> Tensor:
@@ -58,19 +74,21 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     last = []
     for b, prompt in enumerate(prompts):
         ids = torch.tensor([prompt], device=device)
-        last.append(model.hidden_states(ids, cache=cache.select(b))[:, -1])
+        with sized_for(step_work(model, len(prompt))):
+            last.append(model.hidden_states(ids, cache=cache.select(b))[:, -1])
     logits = model.logits(torch.cat(last))  # [B, vocab]: only the last position of each prompt
     out = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        tok = sample(logits, temperature, top_p, generator)
-        for b in range(B):
-            if not done[b]:
-                out[b].append(int(tok[b]))
-        if eos is not None:
-            done |= tok == eos
-            if bool(done.all()):
-                break
-        if step + 1 < max_new_tokens:  # the last token needs no forward of its own
-            logits = model.logits(model.hidden_states(tok[:, None], cache=cache)[:, -1])
+    with sized_for(step_work(model, B)):  # a decode step of a small model runs on one thread
+        for step in range(max_new_tokens):
+            tok = sample(logits, temperature, top_p, generator)
+            for b in range(B):
+                if not done[b]:
+                    out[b].append(int(tok[b]))
+            if eos is not None:
+                done |= tok == eos
+                if bool(done.all()):
+                    break
+            if step + 1 < max_new_tokens:  # the last token needs no forward of its own
+                logits = model.logits(model.hidden_states(tok[:, None], cache=cache)[:, -1])
     return out

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from hysparse_kernels.backends.tvm.threads import sized_for
+
 from .cache import KVCache
-from .generate import check_token_ids, sample
+from .generate import check_token_ids, sample, step_work
 
 
 @dataclass
@@ -112,39 +114,46 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, *, num_d
     start = time.perf_counter()
     cache = KVCache(model.graph, 1, len(prompt) + max_new_tokens + num_draft + 1,
                     dtype=next(model.parameters()).dtype, device=device, spare=num_draft)
-    hidden = model.hidden_states(torch.tensor([prompt], device=device), cache=cache)[0]  # [N, D]
+    with sized_for(step_work(model, len(prompt))):
+        hidden = model.hidden_states(torch.tensor([prompt], device=device), cache=cache)[0]  # [N, D]
     tokens = list(prompt)
     tokens.append(int(sample(model.logits(hidden[-1:]), temperature, 1.0, generator)[0]))
     stats = SpecStats(accepted_per_head=[0] * num_draft, proposed_per_head=[0] * num_draft)
-    while len(tokens) - len(prompt) < max_new_tokens and (eos is None or tokens[-1] != eos):
-        N = len(tokens)
-        drafts, dists = draft(model, hidden, tokens, num_draft, temperature, generator)
-        verify = torch.tensor([[tokens[-1]] + drafts], device=device)
-        h_new = model.hidden_states(verify, cache=cache)[0]  # [K+1, D], positions N-1 .. N-1+K
-        logits = model.logits(h_new)
-        accepted, bonus = 0, None
-        for j, d in enumerate(drafts):
-            stats.proposed_per_head[j] += 1
-            if temperature == 0:
-                target = int(logits[j].argmax())
-                if d != target:
-                    bonus = target
-                    break
-            else:
-                kept, token = accept_or_resample(_probs(logits[j], temperature), dists[j], d, generator)
-                if not kept:
-                    bonus = token
-                    break
-            stats.accepted_per_head[j] += 1
-            accepted += 1
-        if bonus is None:  # every draft accepted: one more token from the last verified position
-            bonus = int(sample(logits[num_draft:num_draft + 1], temperature, 1.0, generator)[0])
-        new = drafts[:accepted] + [bonus]
-        cache.rollback(N + accepted)  # keep positions N-1 .. N-1+accepted
-        hidden = torch.cat([hidden, h_new[:accepted + 1]])
-        tokens.extend(new)
-        stats.rounds += 1
-        stats.tokens += len(new)
+    # A round: the verification forward of K + 1 tokens and the MTP blocks over about K * window
+    # positions; for a small model it runs on one thread (threads.sized_for).
+    span = stack.span if stack.span is not None else len(prompt) + max_new_tokens
+    mtp_share = len(stack.layers) / max(1, model.graph.num_layers)  # the MTP blocks, as a share of the model
+    round_work = step_work(model, num_draft + 1) + step_work(model, num_draft * span) * mtp_share
+    with sized_for(round_work):
+        while len(tokens) - len(prompt) < max_new_tokens and (eos is None or tokens[-1] != eos):
+            N = len(tokens)
+            drafts, dists = draft(model, hidden, tokens, num_draft, temperature, generator)
+            verify = torch.tensor([[tokens[-1]] + drafts], device=device)
+            h_new = model.hidden_states(verify, cache=cache)[0]  # [K+1, D], positions N-1 .. N-1+K
+            logits = model.logits(h_new)
+            accepted, bonus = 0, None
+            for j, d in enumerate(drafts):
+                stats.proposed_per_head[j] += 1
+                if temperature == 0:
+                    target = int(logits[j].argmax())
+                    if d != target:
+                        bonus = target
+                        break
+                else:
+                    kept, token = accept_or_resample(_probs(logits[j], temperature), dists[j], d, generator)
+                    if not kept:
+                        bonus = token
+                        break
+                stats.accepted_per_head[j] += 1
+                accepted += 1
+            if bonus is None:  # every draft accepted: one more token from the last verified position
+                bonus = int(sample(logits[num_draft:num_draft + 1], temperature, 1.0, generator)[0])
+            new = drafts[:accepted] + [bonus]
+            cache.rollback(N + accepted)  # keep positions N-1 .. N-1+accepted
+            hidden = torch.cat([hidden, h_new[:accepted + 1]])
+            tokens.extend(new)
+            stats.rounds += 1
+            stats.tokens += len(new)
     out = tokens[len(prompt):]
     if eos is not None and eos in out:
         out = out[:out.index(eos) + 1]

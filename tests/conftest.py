@@ -30,6 +30,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+# Property-based tests (hypothesis): the same examples on every run and machine (derandomize, no
+# example database, no deadline: nothing depends on timing); each test sets its max_examples.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "hysparse", derandomize=True, database=None, deadline=None, max_examples=20, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("hysparse")
+
+
 # --------------------------------------------------------------------------- several ranks
 
 

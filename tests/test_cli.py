@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from hysparse_kernels import cli
 
@@ -40,6 +41,11 @@ def test_info_json(capsys):
     ref = info["backends"][0]
     assert ref["installed"] and "attention_fwd" in ref["ops"]
     assert set(info["auto"]) >= {"attention_fwd", "sparse_attention_fwd", "topk_blocks"}
+    th = info["threads"]
+    assert th["torch_intra_op"] == torch.get_num_threads()
+    if info["backends"][2]["installed"]:  # tvm: the policy's count, and what TVM's runtime reports
+        assert th["tvm"]["threads"] == th["tvm"]["tvm_runtime_threads"] >= 1
+        assert th["tvm"]["pool"] >= th["tvm"]["threads"]
 
 
 def test_info_options_are_frozen():
@@ -88,6 +94,10 @@ def _bad_inputs(tmp):
         (["autotune", "import", str(tmp / "empty")], "import: no tuned-config files"),
         (["autotune", "show"], "show: expected an OP"),
         (["autotune", "--budget", "soon", "--op", "moe", "--shape", "T=1,H=8,E=2,K=1,I=8"], "--budget: expected a duration"),
+        (["recipe", "run", "no-such-recipe", "--out", str(tmp / "r")], "recipe: expected one of"),
+        (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--steps", "0"], "steps: expected a positive int, got 0"),
+        (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--init-from", str(tmp / "nothing")], "hysparse recipe: error:"),
+        (["audio", "tokenize", str(tmp / "missing.wav"), "--tokenizer", str(tmp)], "missing.wav: no such file"),
     ]
 
 

@@ -4,6 +4,8 @@ and what came. They look at metadata only (shapes, dtypes, devices), so they tra
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,27 @@ def power_of_two(name: str, value) -> None:
 
 
 def positive_float(name: str, value, *, allow_none: bool = True) -> None:
+    """A positive, finite number (``inf`` and ``nan`` are rejected)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+
+
+def finite_float(name: str, value) -> None:
+    """Any finite number (``inf`` and ``nan`` are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+
+
+def nonzero_dim(name: str, got: int, what: str) -> None:
+    """A size that must be at least 1 (a head dim of 0 has no meaning)."""
+    if got < 1:
+        raise ValueError(f"{name}: expected {what} >= 1, got {got}")
+
+
+def integer_or_floating(name: str, t: Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES + (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        raise TypeError(f"{name}: expected an integer or floating dtype, got {t.dtype}")

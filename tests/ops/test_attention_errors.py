@@ -14,6 +14,7 @@ def qkv(B=1, Hq=4, Hkv=2, S=8, D=8, dtype=torch.float32):
 
 q, k, v = qkv()
 idx = torch.zeros(1, 2, 8, 2, dtype=torch.int32)
+lens = torch.tensor([8], dtype=torch.int32)
 
 CASES = {
     "q-rank": (lambda: hk.attention(q[0], k, v), ValueError, r"q: expected a 4-D tensor .* got shape \(4, 8, 8\)"),
@@ -30,7 +31,7 @@ CASES = {
     "window-noncausal": (lambda: hk.attention(q, k, v, window=4, causal=False), ValueError, r"window: a sliding window needs causal=True"),
     "sink-shape": (lambda: hk.attention(q, k, v, sink=torch.zeros(2)), ValueError, r"sink: expected one value per query head, Hq = 4, got 2"),
     "sink-dtype": (lambda: hk.attention(q, k, v, sink=torch.zeros(4, dtype=torch.int32)), TypeError, r"sink: expected a floating dtype"),
-    "scale": (lambda: hk.attention(q, k, v, scale=-1.0), ValueError, r"scale: expected a positive number, got -1.0"),
+    "scale": (lambda: hk.attention(q, k, v, scale=-1.0), ValueError, r"scale: expected a positive finite number, got -1.0"),
     "backend-name": (lambda: hk.attention(q, k, v, backend="cuda"), ValueError, r"backend: expected one of .* got 'cuda'"),
     "block-size": (lambda: hk.attention_with_block_scores(q, k, v, block_size=48), ValueError, r"block_size: expected a power of two, got 48"),
     "topk-k": (lambda: hk.topk_blocks(torch.rand(1, 2, 8, 1), 0, block_size=64, seqlen_k=8), ValueError, r"k: expected a positive int, got 0"),
@@ -41,6 +42,22 @@ CASES = {
     "indices-negative": (lambda: hk.sparse_attention(q, k, v, idx - 2, block_size=4), ValueError, r"indices: expected block ids in \[-1, 2\)"),
     "seqlens-range": (lambda: hk.attention_decode(q[:, :, :1], k, v, torch.tensor([9], dtype=torch.int32)), ValueError, r"cache_seqlens: expected lengths in \[Sq=1, cache size 8\] .* got values in \[9, 9\]"),
     "seqlens-shape": (lambda: hk.attention_decode(q[:, :, :1], k, v, torch.tensor([3, 4])), ValueError, r"cache_seqlens: expected one length per sequence, B = 1, got 2"),
+    "head-dim-zero": (lambda: hk.attention(q[..., :0], k[..., :0], v), ValueError, r"q: expected head dim Dqk \(q.shape\[3\]\) >= 1, got 0"),
+    "v-dim-zero": (lambda: hk.attention(q, k, v[..., :0], backend="tvm"), ValueError, r"v: expected head dim Dv \(v.shape\[3\]\) >= 1, got 0"),
+    "decode-v-dim-zero": (lambda: hk.attention_decode(q[:, :, :1], k, v[..., :0], lens), ValueError, r"v_cache: expected head dim Dv \(v_cache.shape\[3\]\) >= 1, got 0"),
+    "scale-inf": (lambda: hk.attention(q, k, v, scale=float("inf")), ValueError, r"scale: expected a positive finite number, got inf"),
+    "scale-nan": (lambda: hk.sparse_attention(q, k, v, idx, block_size=4, scale=float("nan")), ValueError, r"scale: expected a positive finite number, got nan"),
+    "scale-type": (lambda: hk.attention(q, k, v, scale="0.1"), ValueError, r"scale: expected a positive finite number, got '0.1'"),
+    "sink-inf": (lambda: hk.attention(q, k, v, sink=torch.tensor([0.0, float("inf"), 0.0, 0.0])), ValueError, r"sink: expected values below \+inf .* got \+inf at heads \[1\]"),
+    "sink-inf-decode": (lambda: hk.attention_decode(q[:, :, :1], k, v, lens, sink=torch.full((4,), float("inf"))), ValueError, r"sink: expected values below \+inf"),
+    "sink-device": (lambda: hk.attention_decode(q[:, :, :1], k, v, lens, sink=torch.zeros(4, device="meta")), ValueError, r"sink: expected a tensor on cpu .* got meta"),
+    "decode-indices-device": (lambda: hk.sparse_attention_decode(q[:, :, :1], k, v, lens, idx[:, :, :1].to("meta"), block_size=4), ValueError, r"indices: expected a tensor on cpu .* got meta"),
+    "decode-indices-dtype": (lambda: hk.sparse_attention_decode(q[:, :, :1], k, v, lens, idx[:, :, :1].float(), block_size=4), TypeError, r"indices: expected an int32 or int64 tensor"),
+    "decode-indices-shape": (lambda: hk.sparse_attention_decode(q[:, :, :1], k, v, lens, idx, block_size=4), ValueError, r"indices: expected shape \[B, Hkv, Sq, topk\] = \[1, 2, 1, topk\], got \(1, 2, 8, 2\)"),
+    "decode-indices-range": (lambda: hk.sparse_attention_decode(q[:, :, :1], k, v, lens, idx[:, :, :1] + 5, block_size=4), ValueError, r"indices: expected block ids in \[-1, 2\)"),
+    "decode-seqlens-device": (lambda: hk.attention_decode(q[:, :, :1], k, v, lens.to("meta")), ValueError, r"cache_seqlens: expected a tensor on cpu .* got meta"),
+    "decode-seqlens-dtype": (lambda: hk.attention_decode(q[:, :, :1], k, v, lens.float()), TypeError, r"cache_seqlens: expected an int32 or int64 tensor"),
+    "topk-scores-dtype": (lambda: hk.topk_blocks(torch.ones(1, 2, 8, 1, dtype=torch.int32), 1, block_size=64, seqlen_k=8), TypeError, r"block_scores: expected a floating dtype"),
 }
 
 

@@ -135,10 +135,18 @@ def test_float64_is_refused_with_a_clear_error():
         fwd.attention_fwd(q, k, v, None, True, None, 0.25)
 
 
-def test_block_size_below_16_is_refused():
+def test_block_size_below_16_runs_the_reference_path():
+    """Any power of two is a valid block (README); the kernel's tile needs 16, smaller blocks run
+    the reference path, and the launcher itself still refuses them."""
     q, k, v, _ = inputs(1, 2, 2, 8, 8, 16, 16, torch.float32)
+    got = hk.attention_with_block_scores(q, k, v, block_size=8, backend="triton")
+    want = R.attention_with_block_scores(q, k, v, 8, True, 16**-0.5)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    from hysparse_kernels.ops.attention.triton import fwd
+
     with pytest.raises(ValueError, match="block_size: .* >= 16, got 8"):
-        hk.attention_with_block_scores(q, k, v, block_size=8, backend="triton")
+        fwd._launch_fwd(q, k, v, None, True, None, 0.25, block_size=8)
 
 
 def test_float16_forward():

@@ -349,5 +349,5 @@ def test_bad_inputs_raise_clear_errors():
         hk.grouped_gemm(x, torch.randn(4, 3, 5), torch.tensor([0, 1, 2, 3, 4]))
     with pytest.raises(ValueError, match=r"expert_offsets: expected non-decreasing offsets from 0 to 4"):
         hk.grouped_gemm(x, torch.randn(4, 3, 8), torch.tensor([0, 3, 2, 3, 4]), backend=REF)
-    with pytest.raises(ValueError, match=r"rate: expected a positive number"):
+    with pytest.raises(ValueError, match=r"rate: expected a positive finite number"):
         hk.update_routing_bias(torch.zeros(4), torch.ones(4), 0)

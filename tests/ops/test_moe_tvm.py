@@ -61,6 +61,40 @@ def test_grouped_gemm_tvm_matches_reference(counts, dtype, atol):
     assert_close_to_reference(y, ref64, ref_lp, atol=atol)
 
 
+@pytest.mark.parametrize("shape", [(300, 4, 2, 64, 48), (130, 6, 3, 20, 10)], ids=_sid)
+@pytest.mark.parametrize("dtype,atol", [DTYPES[2]], ids=["fp64"])
+def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
+    """Large float64 segments run one BLAS GEMM per expert (the threshold lowered to reach it here)."""
+    from hysparse_kernels.ops.moe import tvm as moe_tvm
+
+    monkeypatch.setattr(moe_tvm, "BLAS_ROWS", 1)
+    calls = []
+    real = moe_tvm._moe_blas
+    monkeypatch.setattr(moe_tvm, "_moe_blas", lambda *a: calls.append(1) or real(*a))
+    x, wgu, wd, w, ids = _data(*shape)
+    out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)
+    assert calls and out.dtype == dtype and out.shape == x.shape
+    ref64 = R.moe(x, wgu, wd, w.double(), ids)
+    ref_lp = None if dtype == torch.float64 else R.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids)
+    assert_close_to_reference(out, ref64, ref_lp, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(40, 4, 2, 64, 32), (70, 3, 2, 20, 10), (100, 8, 3, 48, 40)], ids=_sid)
+@pytest.mark.parametrize("dtype,atol", DTYPES[:2] + [(torch.float16, 2e-3)], ids=["fp32", "bf16", "fp16"])
+def test_moe_outer_product_path_matches_reference(shape, dtype, atol):
+    """Segments of >= OP_ROWS rows run the outer-product kernels (packed x, weights broadcast into
+    16-row vectors); sizes with N % NR tails, partial 16-row tiles and D off the vector width."""
+    from hysparse_kernels.ops.moe import tvm as moe_tvm
+
+    x, wgu, wd, w, ids = _data(*shape)
+    assert moe_tvm._rows_per_expert(moe_tvm._sort_pairs(ids, shape[1])[1]) >= moe_tvm.OP_ROWS
+    out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)
+    assert out.dtype == dtype and out.shape == x.shape
+    ref64 = R.moe(x, wgu, wd, w.double(), ids)
+    ref_lp = None if dtype == torch.float32 else R.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids)
+    assert_close_to_reference(out, ref64, ref_lp, atol=atol)
+
+
 def test_moe_tvm_all_tokens_to_one_expert():
     x, wgu, wd, _, _ = _data(9, 4, 1, 32, 16)
     ids = torch.full((9, 1), 2, dtype=torch.int32)

@@ -150,6 +150,9 @@ def get_module(op: str, spec: dict, build: Callable[[], object], target_spec: di
                 )
                 path.unlink(missing_ok=True)
                 _stats["rebuilt_corrupt"] += 1
+        from .threads import prepare
+
+        prepare()  # size TVM's thread pool before anything TVM does can start it
         lib = tvm.tirx.build(build(), target=tvm.target.Target(dict(target_spec)))
         _stats["builds"] += 1
         if disk:

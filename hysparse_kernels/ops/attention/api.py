@@ -6,6 +6,12 @@ bottom-right aligned: query ``i`` sits at key position ``Sk - Sq + i`` (decode i
 Outputs are ``[B, Hq, Sq, Dv]`` in q's dtype; lse is ``[B, Hq, Sq]`` float32 (float64 for
 float64 inputs). ``backend`` is ``None``/``"auto"``, ``"reference"``, ``"triton"`` or ``"tvm"``
 (see ``hysparse_kernels.dispatch``).
+
+Alike on every backend (README, "Public API"): ``Sk = 0`` gives out 0 and lse -inf (the sink
+with a sink) for every query; keys a query cannot see never affect it, whatever they hold; NaN
+in what it sees (its q row, a visible k row, its head's sink, an infinite logit) makes its row
+NaN, NaN / inf in a visible v column reaches that column; ``sink = -inf`` is no sink, ``+inf``
+and a non-finite ``scale`` are rejected. ``block_size`` is any power of two.
 """
 
 from __future__ import annotations
@@ -16,32 +22,46 @@ from .. import checks
 from . import ops
 
 
-def _check_qkv(q, k, v) -> None:
+def _check_qkv(q, k, v, kn: str = "k", vn: str = "v") -> None:
+    """q, k, v (named ``kn`` / ``vn`` in errors: ``k_cache`` / ``v_cache`` for the decode ops)."""
     checks.tensor("q", q, 4, "[B, Hq, Sq, Dqk]")
-    checks.tensor("k", k, 4, "[B, Hkv, Sk, Dqk]")
-    checks.tensor("v", v, 4, "[B, Hkv, Sk, Dv]")
+    checks.tensor(kn, k, 4, "[B, Hkv, Sk, Dqk]")
+    checks.tensor(vn, v, 4, "[B, Hkv, Sk, Dv]")
     checks.floating("q", q)
-    checks.same_dtype("k", k, "q", q)
-    checks.same_dtype("v", v, "q", q)
-    checks.same_device("k", k, "q", q)
-    checks.same_device("v", v, "q", q)
+    checks.same_dtype(kn, k, "q", q)
+    checks.same_dtype(vn, v, "q", q)
+    checks.same_device(kn, k, "q", q)
+    checks.same_device(vn, v, "q", q)
     B, Hq, _, Dqk = q.shape
-    checks.dim_equal("k", k.shape[0], B, "batch size (q.shape[0])")
-    checks.dim_equal("v", v.shape[0], B, "batch size (q.shape[0])")
-    checks.dim_equal("v", v.shape[1], k.shape[1], "kv heads (k.shape[1])")
-    checks.dim_equal("v", v.shape[2], k.shape[2], "kv length (k.shape[2])")
-    checks.dim_equal("k", k.shape[3], Dqk, "head dim Dqk (q.shape[3])")
+    checks.dim_equal(kn, k.shape[0], B, "batch size (q.shape[0])")
+    checks.dim_equal(vn, v.shape[0], B, "batch size (q.shape[0])")
+    checks.dim_equal(vn, v.shape[1], k.shape[1], f"kv heads ({kn}.shape[1])")
+    checks.dim_equal(vn, v.shape[2], k.shape[2], f"kv length ({kn}.shape[2])")
+    checks.dim_equal(kn, k.shape[3], Dqk, "head dim Dqk (q.shape[3])")
+    checks.nonzero_dim("q", Dqk, "head dim Dqk (q.shape[3])")
+    checks.nonzero_dim(vn, v.shape[3], f"head dim Dv ({vn}.shape[3])")
     if k.shape[1] == 0 or Hq % k.shape[1]:
-        raise ValueError(f"k: expected kv heads dividing the {Hq} query heads (GQA), got {k.shape[1]}")
+        raise ValueError(f"{kn}: expected kv heads dividing the {Hq} query heads (GQA), got {k.shape[1]}")
 
 
 def _check_sink(sink, q) -> None:
+    # Values (+inf is rejected) are checked inside the ops, at run time.
     if sink is None:
         return
     checks.tensor("sink", sink, 1, "[Hq]")
     checks.floating("sink", sink)
     checks.dim_equal("sink", sink.shape[0], q.shape[1], "one value per query head, Hq")
     checks.same_device("sink", sink, "q", q)
+
+
+def _check_indices(indices, q, k) -> None:
+    # Values ([-1, ceil(Sk / block_size))) are checked inside the ops, at run time.
+    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
+    checks.integer("indices", indices)
+    checks.same_device("indices", indices, "q", q)
+    B, Hkv, Sq = k.shape[0], k.shape[1], q.shape[2]
+    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
+        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
 
 
 def _scale(scale, q) -> float:
@@ -63,6 +83,7 @@ def attention(q, k, v, *, causal=True, window=None, sink=None, scale=None, retur
         causal: mask keys after the query (bottom-right aligned).
         window: if set (needs ``causal``), query i sees itself and the ``window - 1`` keys before it.
         sink: ``[Hq]`` per-head logit added to the softmax denominator only; receives a gradient.
+            ``-inf`` is no sink, NaN makes the head's rows NaN, ``+inf`` raises ``ValueError``.
         scale: logit scale, default ``Dqk ** -0.5``.
         return_lse: also return the log-sum-exp ``[B, Hq, Sq]`` (to merge partial results).
 
@@ -140,12 +161,7 @@ def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, 
     _check_qkv(q, k, v)
     _check_sink(sink, q)
     checks.power_of_two("block_size", block_size)
-    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
-    checks.integer("indices", indices)
-    checks.same_device("indices", indices, "q", q)
-    B, Hkv, Sq = k.shape[0], k.shape[1], q.shape[2]
-    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
-        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
+    _check_indices(indices, q, k)
     out, lse = ops.sparse_attention_fwd(
         q, k, v, indices, block_size, sink, _scale(scale, q), _backend(backend)
     )
@@ -173,7 +189,7 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, *, window=None, sink=No
     Returns:
         out ``[B, Hq, Sq, Dv]`` (and lse ``[B, Hq, Sq]``). Inference only: no gradient.
     """
-    _check_qkv(q, k_cache, v_cache)
+    _check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     _check_sink(sink, q)
     _check_seqlens(cache_seqlens, q)
     checks.positive_int("window", window, allow_none=True)
@@ -189,15 +205,11 @@ def sparse_attention_decode(
     Args as in ``attention_decode``, plus ``indices`` int ``[B, Hkv, Sq, topk]`` (block ids,
     ``-1`` pads) from the full layer's ``topk_blocks``.
     """
-    _check_qkv(q, k_cache, v_cache)
+    _check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     _check_sink(sink, q)
     _check_seqlens(cache_seqlens, q)
     checks.power_of_two("block_size", block_size)
-    checks.tensor("indices", indices, 4, "[B, Hkv, Sq, topk]")
-    checks.integer("indices", indices)
-    B, Hkv, Sq = k_cache.shape[0], k_cache.shape[1], q.shape[2]
-    if tuple(indices.shape[:3]) != (B, Hkv, Sq):
-        raise ValueError(f"indices: expected shape [B, Hkv, Sq, topk] = [{B}, {Hkv}, {Sq}, topk], got {tuple(indices.shape)}")
+    _check_indices(indices, q, k_cache)
     out, lse = ops.sparse_attention_decode(
         q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, _scale(scale, q), _backend(backend)
     )

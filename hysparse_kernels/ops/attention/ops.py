@@ -40,8 +40,11 @@ for _op, _fn in {
 }.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
 
-# TVM kernels for the CPU (topk_blocks stays on the reference: a sort, no kernel to win).
+# TVM kernels for the CPU, forward and backward (topk_blocks stays on the reference: a sort, no
+# kernel to win). They compute in fp32 and take half and single precision; float64 (the oracle's
+# dtype) goes to the reference under auto.
 _TVM = "hysparse_kernels.ops.attention.tvm"
+_TVM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 for _op, _fn in {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
@@ -51,7 +54,7 @@ for _op, _fn in {
     "attention_decode": "attention_decode",
     "sparse_attention_decode": "sparse_attention_decode",
 }.items():
-    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}")
+    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}", dtypes=_TVM_DTYPES)
 
 _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -88,6 +91,15 @@ def _fake_dsink(sink: Tensor | None, q: Tensor) -> Tensor:
     return q.new_empty(q.shape[1], dtype=dtype)
 
 
+def check_sink(sink: Tensor | None) -> None:
+    """A sink of ``+inf`` is rejected (checked at run time, not traced): it would take all the
+    probability, leaving every output 0 and lse inf. ``-inf`` is no sink; NaN propagates."""
+    if sink is not None and sink.numel() and bool(torch.isposinf(sink).any()):
+        heads = torch.isposinf(sink).nonzero().flatten().tolist()
+        raise ValueError(f"sink: expected values below +inf (a +inf sink would take all the probability), "
+                         f"got +inf at heads {heads}")
+
+
 # ---------------------------------------------------------------- full / sliding-window attention
 
 
@@ -95,6 +107,7 @@ def _fake_dsink(sink: Tensor | None, q: Tensor) -> Tensor:
 def attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, sink: Optional[Tensor], causal: bool, window: Optional[int], scale: float, backend: str
 ) -> tuple[Tensor, Tensor]:
+    check_sink(sink)
     out, lse = dispatch.call("attention_fwd", _backend(backend), q, q, k, v, sink, causal, window, scale)
     return out.contiguous(), lse.contiguous()
 
@@ -206,18 +219,44 @@ def _(block_scores, k, block_size, seqlen_k, backend):
 
 def check_indices(indices: Tensor, num_blocks: int) -> None:
     """Values of ``indices`` must lie in ``[-1, num_blocks)`` (checked at run time, not traced)."""
-    if indices.numel() and (bool((indices < -1).any()) or bool((indices >= num_blocks).any())):
-        lo, hi = int(indices.min()), int(indices.max())
+    if not indices.numel():
+        return
+    lo, hi = (int(x) for x in torch.aminmax(indices))  # one pass
+    if lo < -1 or hi >= num_blocks:
         raise ValueError(f"indices: expected block ids in [-1, {num_blocks}) (-1 pads), got values in [{lo}, {hi}]")
+
+
+def compact_indices(indices: Tensor, num_blocks: int) -> Tensor:
+    """The same selection in at most ``num_blocks`` entries per list, so ``-1`` pads cost nothing.
+
+    A list of ``k > num_blocks`` entries holds at most ``num_blocks`` distinct blocks; the rest
+    are pads or repeats, which every kernel would otherwise walk (and compare against the
+    entries before them). Such lists become the ascending distinct block ids, ``-1`` padded to
+    ``num_blocks`` entries: ``[B, Hkv, Sq, k] -> [B, Hkv, Sq, num_blocks]``, same dtype. Lists
+    with ``k <= num_blocks`` entries are returned as they are.
+    """
+    if indices.shape[-1] <= num_blocks:
+        return indices
+    flat = indices.reshape(-1, indices.shape[-1])
+    row, col = (flat >= 0).nonzero(as_tuple=True)  # the real entries only (pads are most of them)
+    chosen = torch.zeros(flat.shape[0], num_blocks, dtype=torch.bool, device=indices.device)
+    chosen[row, flat[row, col].long()] = True
+    ids = torch.where(chosen, torch.arange(num_blocks, device=indices.device), num_blocks)
+    ids = torch.sort(ids, dim=-1).values  # chosen blocks first, ascending
+    ids = torch.where(ids == num_blocks, -1, ids).to(indices.dtype)
+    return ids.view(*indices.shape[:-1], num_blocks).contiguous()
 
 
 @torch.library.custom_op("hysparse::sparse_attention_fwd", mutates_args=())
 def sparse_attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, indices: Tensor, block_size: int, sink: Optional[Tensor], scale: float, backend: str
 ) -> tuple[Tensor, Tensor]:
-    check_indices(indices, -(-k.shape[2] // block_size))
+    num_blocks = -(-k.shape[2] // block_size)
+    check_indices(indices, num_blocks)
+    check_sink(sink)
     out, lse = dispatch.call(
-        "sparse_attention_fwd", _backend(backend), q, q, k, v, indices, block_size, sink, scale
+        "sparse_attention_fwd", _backend(backend), q, q, k, v, compact_indices(indices, num_blocks), block_size, sink,
+        scale,
     )
     return out.contiguous(), lse.contiguous()
 
@@ -233,6 +272,7 @@ def sparse_attention_bwd(
     dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, indices: Tensor, sink: Optional[Tensor], out: Tensor,
     lse: Tensor, block_size: int, scale: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    indices = compact_indices(indices, -(-k.shape[2] // block_size))
     dq, dk, dv, dsink = dispatch.call(
         "sparse_attention_bwd", _backend(backend), q,
         dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale,
@@ -288,6 +328,7 @@ def attention_decode(
     scale: float, backend: str,
 ) -> tuple[Tensor, Tensor]:
     check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
+    check_sink(sink)
     out, lse = dispatch.call(
         "attention_decode", _backend(backend), q, q, k_cache, v_cache, cache_seqlens, sink, window, scale
     )
@@ -305,10 +346,12 @@ def sparse_attention_decode(
     sink: Optional[Tensor], scale: float, backend: str,
 ) -> tuple[Tensor, Tensor]:
     check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
-    check_indices(indices, -(-k_cache.shape[2] // block_size))
+    num_blocks = -(-k_cache.shape[2] // block_size)
+    check_indices(indices, num_blocks)
+    check_sink(sink)
     out, lse = dispatch.call(
         "sparse_attention_decode", _backend(backend), q,
-        q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale,
+        q, k_cache, v_cache, cache_seqlens, compact_indices(indices, num_blocks), block_size, sink, scale,
     )
     return out.contiguous(), lse.contiguous()
 

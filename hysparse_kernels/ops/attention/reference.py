@@ -13,7 +13,15 @@ Conventions (shared by every backend):
   ``j > pos_i - W`` (the query and the ``W - 1`` keys before it).
 * Sink: per-head logit added to the softmax denominator only,
   ``p_ij = exp(a_ij - m_i) / (exp(sink_h - m_i) + sum_j exp(a_ij - m_i))``.
-* A query that sees no key gets ``out = 0`` and ``lse = -inf`` (``lse = sink`` with a sink).
+* A query that sees no key gets ``out = 0`` and ``lse = -inf`` (``lse = sink`` with a sink);
+  with ``Sk = 0`` (no keys at all) that is every query.
+* Non-finite values: keys a query cannot see never affect it, whatever they hold (masked and
+  padded positions are selected away, never multiplied by a probability 0). What a query can
+  see follows IEEE arithmetic: NaN in its q row, in a visible key's k row or in its head's sink
+  makes its out row and lse NaN (an infinite logit too: ``inf - inf`` in the softmax); NaN in
+  column ``d`` of a visible key's v makes ``out[..., d]`` NaN; ``+-inf`` there gives ``+-inf``
+  (NaN where both signs meet or the key's probability is exactly 0). ``sink = -inf`` is the same
+  as no sink; ``sink = +inf`` is rejected by the ops.
 * lse is float32 (float64 for float64 inputs), natural log, of the scaled logits (and the sink).
 """
 
@@ -51,6 +59,33 @@ def visible_mask(sq: int, sk: int, *, causal: bool, window: int | None, device=N
     return mask
 
 
+def _nonfinite_values(p: Tensor, mask: Tensor, vx: Tensor) -> Tensor | float:
+    """What the non-finite entries of ``vx`` add to ``p @ vx``, over the keys each query sees.
+
+    A plain product would also multiply the keys a query cannot see (weight 0) and 0 * NaN or
+    0 * inf is NaN, so the finite values go through the matmul and the others are counted here
+    with IEEE rules restricted to visible keys: NaN if a visible key holds NaN, or holds +-inf
+    with weight exactly 0, or +inf and -inf meet; else +-inf where a visible key with a positive
+    weight holds it; else 0.
+
+    p ``[B, Hq, Sq, Sk]`` weights, mask broadcastable to it, vx ``[B, Hq, Sk, Dv]``.
+    Returns ``[B, Hq, Sq, Dv]`` (or 0.0 when vx is all finite).
+    """
+    if bool(torch.isfinite(vx).all()):
+        return 0.0
+    f = p.dtype
+    vis = mask.expand(p.shape)
+    pos = (vis & (p > 0)).to(f)
+    zero = (vis & (p == 0)).to(f)
+    nan, pinf, ninf = torch.isnan(vx), vx == float("inf"), vx == float("-inf")
+    hit_nan = (vis.to(f) @ nan.to(f) + zero @ (pinf | ninf).to(f)) > 0
+    hit_pinf = (pos @ pinf.to(f)) > 0
+    hit_ninf = (pos @ ninf.to(f)) > 0
+    out = torch.zeros(hit_nan.shape, dtype=f, device=p.device)
+    out = out.masked_fill(hit_pinf, float("inf")).masked_fill(hit_ninf, float("-inf"))
+    return out.masked_fill(hit_nan | (hit_pinf & hit_ninf), float("nan"))
+
+
 def masked_attention(q, k, v, mask, sink=None, scale=None, compute_dtype=None):
     """Attention over the keys that ``mask`` allows.
 
@@ -73,23 +108,27 @@ def masked_attention(q, k, v, mask, sink=None, scale=None, compute_dtype=None):
     mask = mask.expand(B, Hkv, Sq, k.shape[2]).repeat_interleave(group, dim=1)
     logits = (q.to(cdt) @ kx.transpose(-1, -2)) * scale  # [B, Hq, Sq, Sk]
     logits = logits.masked_fill(~mask, float("-inf"))
-    m = logits.amax(dim=-1, keepdim=True)
+    if logits.shape[-1]:
+        m = logits.amax(dim=-1, keepdim=True)
+    else:  # no keys at all (Sk = 0): every query sees nothing
+        m = logits.new_full((B, Hq, Sq, 1), float("-inf"))
     if sink is not None:
         m = torch.maximum(m, sink.to(cdt).view(1, Hq, 1, 1))
     m = torch.where(torch.isinf(m) & (m < 0), torch.zeros_like(m), m).detach()
-    e = torch.exp(logits - m)
+    # Keys a query cannot see weigh exactly 0, whatever m is.
+    e = torch.where(mask, torch.exp(logits - m), torch.zeros_like(logits))
     denom = e.sum(dim=-1, keepdim=True)
     if sink is not None:
         denom = denom + torch.exp(sink.to(cdt).view(1, Hq, 1, 1) - m)
-    seen = denom > 0
-    probs = e / torch.where(seen, denom, torch.ones_like(denom))
-    lse = torch.where(seen, m + torch.log(torch.where(seen, denom, torch.ones_like(denom))), float("-inf"))
-    # A NaN value must reach exactly the queries that see its key: keep it out of the product
-    # (0 * NaN would leak into queries that mask it) and put it back where it is seen.
-    v_nan = torch.isnan(vx)
-    out = probs @ torch.where(v_nan, torch.zeros_like(vx), vx)
-    if bool(v_nan.any()):
-        out = out.masked_fill((mask.to(cdt) @ v_nan.to(cdt)) > 0, float("nan"))
+    # denom is 0 only for a query that sees nothing (and has no sink); NaN stays NaN.
+    seen = denom != 0
+    d_safe = torch.where(seen, denom, torch.ones_like(denom))
+    probs = e / d_safe  # a NaN denominator (NaN logit or sink) makes the whole row NaN
+    lse = torch.where(seen, m + torch.log(d_safe), float("-inf"))
+    finite = torch.where(torch.isfinite(vx), vx, torch.zeros_like(vx))
+    out = probs @ finite + _nonfinite_values(probs, mask, vx)
+    # The probabilities returned (block scores) are exactly 0 where the query cannot look.
+    probs = torch.where(mask, probs, torch.zeros_like(probs))
     return out.to(q.dtype), lse.squeeze(-1).to(stat_dtype(q.dtype)), probs
 
 

@@ -59,7 +59,10 @@ def route(router_logits, *, top_k, scoring="softmax", bias=None, n_group=1, topk
     * ``n_group > 1``: experts form ``n_group`` consecutive groups; only the ``topk_group`` best
       groups are eligible. A group's score: with a ``bias``, the sum of its two best biased scores
       (DeepSeek-V3 ``noaux_tc``); without one, its best score (DeepSeek-V2 ``group_limited_greedy``).
-    * ``renormalize``: weights divided by their sum over the chosen k; then times ``scaling``.
+    * ``renormalize``: weights divided by their sum over the chosen k; then times ``scaling``
+      (a finite number).
+    * NaN logits rank above every other expert (ties to the lower id) and give NaN weights
+      (with ``renormalize``, all k weights of the token): the ids stay valid.
     * Ties go to the lower expert id.
 
     Args:
@@ -97,8 +100,7 @@ def route(router_logits, *, top_k, scoring="softmax", bias=None, n_group=1, topk
         checks.floating("bias", bias)
         checks.dim_equal("bias", bias.shape[0], E, "number of experts E (router_logits.shape[1])")
         checks.same_device("bias", bias, "router_logits", router_logits)
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
-        raise TypeError(f"scaling: expected a number, got {type(scaling).__name__}")
+    checks.finite_float("scaling", scaling)
     return ops.moe_route(
         router_logits, top_k, scoring, bias, n_group, topk_group, bool(renormalize), float(scaling), _backend(backend)
     )
@@ -131,7 +133,8 @@ def moe_unpermute(y_sorted, inverse, weights, *, backend=None) -> Tensor:
     """Weighted combine back to token order: ``out[t] = sum_j weights[t, j] * y_sorted[inverse[t, j]]``.
 
     Args:
-        y_sorted: ``[T*k, D]``; inverse: int64 ``[T, k]`` from ``moe_permute``; weights: ``[T, k]``.
+        y_sorted: ``[T*k, D]``; inverse: int64 ``[T, k]`` from ``moe_permute``, rows of y_sorted in
+            ``[0, T*k)`` (others raise ``ValueError``); weights: ``[T, k]``.
 
     Returns:
         ``[T, D]`` in y_sorted's dtype (accumulated in float32). Gradients reach y_sorted and weights.
@@ -215,6 +218,8 @@ def moe(x, w_gate_up, w_down, weights, expert_ids, *, backend=None) -> Tensor:
 def expert_load(expert_ids, num_experts) -> Tensor:
     """Tokens routed to each expert: int64 ``[E]`` (for balancing statistics and the bias update).
 
+    ``expert_ids``: int, any shape (usually ``[T, k]`` from ``route``), values in ``[0, E)``.
+
     Example::
 
         counts = hysparse_kernels.expert_load(ids, 64)   # counts.sum() == ids.numel()
@@ -233,11 +238,12 @@ def update_routing_bias(bias, counts, rate) -> Tensor:
     tensor; use it as the ``bias`` of ``route``. No gradient flows through it.
 
     Args:
-        bias: ``[E]`` floating; counts: ``[E]`` (from ``expert_load``); rate: positive step.
+        bias: ``[E]`` floating; counts: ``[E]`` (from ``expert_load``); rate: positive finite step.
     """
     checks.tensor("bias", bias, 1, "[E]")
     checks.floating("bias", bias)
     checks.tensor("counts", counts, 1, "[E]")
+    checks.integer_or_floating("counts", counts)
     checks.dim_equal("counts", counts.shape[0], bias.shape[0], "number of experts E (bias.shape[0])")
     checks.same_device("counts", counts, "bias", bias)
     checks.positive_float("rate", rate, allow_none=False)

@@ -68,6 +68,14 @@ def check_expert_ids(expert_ids: Tensor, num_experts: int) -> None:
         raise ValueError(f"expert_ids: expected ids in [0, {num_experts}), got values in [{lo}, {hi}]")
 
 
+def check_inverse(inverse: Tensor, rows: int) -> None:
+    """Values of ``inverse`` must be rows of ``y_sorted``, ``[0, rows)`` (checked at run time, not
+    traced): a negative value would silently read from the end, a large one fail deep in indexing."""
+    if inverse.numel() and (bool((inverse < 0).any()) or bool((inverse >= rows).any())):
+        lo, hi = int(inverse.min()), int(inverse.max())
+        raise ValueError(f"inverse: expected rows of y_sorted in [0, {rows}), got values in [{lo}, {hi}]")
+
+
 def check_offsets(expert_offsets: Tensor, rows: int) -> None:
     """``expert_offsets`` must start at 0, never decrease and end at the number of rows."""
     off = expert_offsets
@@ -174,6 +182,7 @@ moe_permute.register_autograd(_permute_backward, setup_context=_permute_setup)
 
 @torch.library.custom_op("hysparse::moe_unpermute", mutates_args=())
 def moe_unpermute(y_sorted: Tensor, inverse: Tensor, weights: Tensor, backend: str) -> Tensor:
+    check_inverse(inverse, y_sorted.shape[0])
     out = dispatch.call("moe_unpermute", _backend(backend), y_sorted.device.type, y_sorted, inverse, weights)
     return out.contiguous()
 

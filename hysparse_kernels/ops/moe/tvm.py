@@ -7,51 +7,72 @@
 2. down GEMM with the routing weight of each row in its epilogue -> y ``[T*k, D]`` (float32);
 3. the combine: ``out[t] = sum_j y[inverse[t, j]]``.
 
+The kernel is chosen by the rows per expert (the mean over the experts that got any):
+
+* few rows (decode, small batches): the dot-product tiles above, reading x rows in place;
+* at least ``OP_ROWS`` (16) rows, not float64: the outer-product kernels (x packed transposed,
+  each weight element broadcast into a vector of 16 rows, SiLU-and-mul on vectors), the
+  intermediates transposed; measured on one core 1.33x the per-expert torch loop at T = 512 and
+  1.19x at T = 4096 (E = 64, top-8, D = 1024, I = 512), where the dot-product tiles gave 1.23x and
+  1.04x;
+* float64 with at least ``BLAS_ROWS`` rows: one BLAS GEMM per expert.
+
 The sort of the ``T*k`` expert ids (a few microseconds) stays in torch. Kernels are built once
 per (shape, dtype, thread count) and cached for the process (a build takes about a second).
 
-Threading: TVM's pool spins between tasks by default. On a small shared CPU, spinning workers
-steal the cores from torch's own threads (and the other way round) and both slow down many
-times over, so unless the user set them this module asks TVM not to spin
-(``TVM_THREAD_POOL_SPIN_COUNT=0``) nor pin threads (``TVM_BIND_THREADS=0``). These are read
-when TVM's thread pool starts, so they only take effect if TVM has not run a parallel kernel yet.
+Threading: ``hysparse_kernels.backends.tvm.threads`` sizes TVM's pool (the usable cores, or
+``TVM_NUM_THREADS``), keeps it from spinning against torch's threads, and picks each launch's
+thread count (``torch.get_num_threads()``; small launches on the calling thread).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import torch
 from torch import Tensor
 
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
-os.environ.setdefault("TVM_BIND_THREADS", "0")
+import tvm
 
-import tvm  # noqa: E402
+from . import tvm_kernels as K
+from ... import tuned
+from ...backends.tvm import threads
+from ...backends.tvm.workspace import workspace
 
-from . import tvm_kernels as K  # noqa: E402
-from ... import tuned  # noqa: E402
+threads.prepare()  # size TVM's pool before anything here can start it
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _lock = threading.Lock()
 _cache: dict[tuple, object] = {}
 
-# Register tiles (rows of X x rows of W) per kernel: with 16 AVX2 registers, gate/up keeps
-# 2 x 2 x 2 accumulators + 4 W + 1 X vectors, the single-matrix GEMMs 4 x 2 + 2 + 1; measured
-# fastest of the fitting shapes on the 2-core development machine. MT = rows kept in L2 while
-# the thread walks its column blocks (MT * K * 4 bytes = 512 KiB at K = 1024).
-_TILES = {"gate_up": (2, 2), "down": (4, 2), "plain": (4, 2)}
+# Register tiles (rows of X x rows of W) per kernel, with 16 AVX2 registers: gate/up 1 x 4 x 2
+# accumulators (each x load feeds 8 FMAs), down 2 x 4, plain 4 x 2. Measured in CPU time on one
+# core of the 2-core development machine (E=64, top-8, D=1024, I=512): 1 x 4 / 2 x 4 beat the
+# earlier 2 x 2 / 4 x 2 by 5-9% at T = 16, 64 and 512. MT = rows kept in L2 while the thread walks
+# its column blocks (MT * K * 4 bytes = 512 KiB at K = 1024).
+_TILES = {"gate_up": (1, 4), "down": (2, 4), "plain": (4, 2)}
 # Decode-like calls (about one row per active expert): a one-row tile wastes no FMAs on clamped
 # rows, and the wider column tile reuses each x load across more weight rows.
 _TILES_ONE_ROW = {"gate_up": (1, 4), "down": (1, 4), "plain": (1, 4)}
 _MT = 128
+# float64 experts with this many rows on average run through BLAS (torch.mm per expert segment,
+# one expert at a time: MKL packs the weights and beats the float64 dot-product tiles on large
+# segments). Single and half precision take the outer-product kernels below instead.
+BLAS_ROWS = 256
+# float32 / bfloat16 / float16 experts with at least this many rows on average run the
+# outer-product kernels (tvm_kernels: a weight element broadcast into a vector of 16 rows; the
+# activations packed transposed); fewer rows leave the 16-row vectors mostly empty. Register
+# tiles (weight rows): gate/up 3 (x2 gate and up: 12 accumulators), down 6 (12 accumulators).
+OP_ROWS = 16
+_OP_NR = {"gate_up": 3, "down": 6}
 # The same knobs as a launch config (what the autotune cache stores for moe_fwd).
-HEURISTIC = {"gate_up_mr": 2, "gate_up_nr": 2, "down_mr": 4, "down_nr": 2, "mt": _MT}
+HEURISTIC = {"gate_up_mr": _TILES["gate_up"][0], "gate_up_nr": _TILES["gate_up"][1], "down_mr": _TILES["down"][0],
+             "down_nr": _TILES["down"][1], "mt": _MT}
 
 
 def num_threads() -> int:
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    """Threads of TVM's pool (the kernels split their columns into this many slices)."""
+    return threads.policy().pool
 
 
 def _split(N: int, nr: int, threads: int) -> tuple[int, int]:
@@ -77,6 +98,18 @@ def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str, rows_per_expert:
     nr, p = _split(N, nr, num_threads())
     key = ("gemm", E, N, Kdim, mode, dtype, mr, nr, p, mt)
     return _build(key, lambda: K.grouped_gemm_func(E, N, Kdim, mode=mode, MR=mr, NR=nr, MT=mt, P=p, dtype=dtype))
+
+
+def _op_libs(E: int, D: int, inter: int, dtype: str):
+    """(pack, gate/up, down) outer-product kernels for these sizes (see tvm_kernels)."""
+    p = num_threads()
+    slices = {m: (p if n // _OP_NR[m] >= p else 1) for m, n in (("gate_up", inter), ("down", D))}
+    pack = _build(("op_pack", D, dtype), lambda: K.pack_rows_t_func(D, dtype))
+    gate_up = _build(("op_gate_up", E, inter, D, dtype, slices["gate_up"]),
+                     lambda: K.gate_up_op_func(E, inter, D, NR=_OP_NR["gate_up"], P=slices["gate_up"], dtype=dtype))
+    down = _build(("op_down", E, D, inter, dtype, slices["down"]),
+                  lambda: K.down_op_func(E, D, inter, NR=_OP_NR["down"], P=slices["down"], dtype=dtype))
+    return pack, gate_up, down
 
 
 def _combine_lib(D: int, k: int, dtype: str):
@@ -126,6 +159,7 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
         return y
     dummy_rows = torch.empty(M, dtype=torch.int64)
     dummy_scale = torch.empty(M, dtype=torch.float64 if dtype == "float64" else torch.float32)
+    threads.before_launch(2.0 * M * N * Kp)
     _gemm_lib(E, N, Kp, "plain", dtype, _rows_per_expert(expert_offsets))["main"](x, dummy_rows, wp, expert_offsets.contiguous(), dummy_scale, y)
     return y
 
@@ -153,18 +187,95 @@ def _moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_i
     rowtok = order // k
     scale = weights.reshape(-1)[order].to(acc).contiguous()
     M = order.numel()
-    xp, wgu = _pad_k(x, lanes), _pad_k(w_gate_up, lanes)
     rpe = _rows_per_expert(offsets)
-    h = torch.empty(M, inter, dtype=x.dtype)
+    if dtype != "float64" and rpe >= OP_ROWS and cfg == HEURISTIC:
+        return _moe_op(x, w_gate_up, w_down, rowtok, offsets, inverse, scale)
+    if dtype == "float64" and rpe >= BLAS_ROWS:
+        return _moe_blas(x, w_gate_up, w_down, rowtok, offsets, inverse, scale)
+    xp, wgu = _pad_k(x, lanes), _pad_k(w_gate_up, lanes)
+    # intermediates live only during this call: kept per thread (a fresh allocation faults in page by page)
+    h = workspace("moe.h", M * inter, x.dtype).view(M, inter)
     # Without a tuned entry, decode-like calls (about one row per active expert) take the one-row tiles.
     one_row = rpe < 2 and cfg == HEURISTIC
+    threads.before_launch(2.0 * M * 3 * inter * D)  # the three kernels below: gate/up, down, combine
     gu_tile = _TILES_ONE_ROW["gate_up"] if one_row else (cfg["gate_up_mr"], cfg["gate_up_nr"])
     down_tile = _TILES_ONE_ROW["down"] if one_row else (cfg["down_mr"], cfg["down_nr"])
     _gemm_lib(E, inter, wgu.shape[2], "gate_up", dtype, rpe, gu_tile, cfg["mt"])["main"](xp, rowtok, wgu, offsets, scale, h)
-    y = torch.empty(M, D, dtype=acc)
+    y = workspace("moe.y", M * D, acc).view(M, D)
     wd = _pad_k(w_down, lanes)
     _gemm_lib(E, D, wd.shape[2], "down", dtype, rpe, down_tile, cfg["mt"])["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
     if D % lanes:
+        return y[inverse.view(T, k)].sum(1).to(x.dtype)
+    out = torch.empty(T, D, dtype=x.dtype)
+    _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
+    return out
+
+
+def _moe_blas(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offsets: Tensor, inverse: Tensor,
+              scale: Tensor) -> Tensor:
+    """The expert MLP with BLAS GEMMs per expert segment (large float64 segments).
+
+    x ``[T, D]``; rows sorted by expert: ``rowtok [M]`` (token of each row), ``offsets [E+1]``,
+    ``inverse [T*k]`` (row of each (token, slot)), ``scale [M]`` (routing weight of each row).
+    One expert at a time from gather to down projection, so its ``[n, 2I]`` and ``[n, I]``
+    intermediates stay in cache (a pass over all rows' intermediates costs memory traffic the
+    GEMMs do not hide); the routing weight scales h (half the size of y) before the down GEMM.
+    """
+    T, D = x.shape
+    E, two_i, _ = w_gate_up.shape
+    inter = two_i // 2
+    M = rowtok.numel()
+    y = workspace("moe.y", M * D, x.dtype).view(M, D)
+    bounds = offsets.tolist()
+    widest = max(hi - lo for lo, hi in zip(bounds[:-1], bounds[1:]))
+    gu_buf = workspace("moe.gu", widest * two_i, x.dtype).view(widest, two_i)
+    h_buf = workspace("moe.h", widest * inter, x.dtype).view(widest, inter)
+    for e in range(E):
+        lo, hi = bounds[e], bounds[e + 1]
+        if hi == lo:
+            continue
+        n = hi - lo
+        gu, h = gu_buf[:n], h_buf[:n]
+        torch.mm(x.index_select(0, rowtok[lo:hi]), w_gate_up[e].T, out=gu)  # [n, D] @ [D, 2I]
+        torch.ops.aten.silu.out(gu[:, :inter], out=h)
+        h.mul_(gu[:, inter:]).mul_(scale[lo:hi, None].to(h.dtype))
+        torch.mm(h, w_down[e].T, out=y[lo:hi])  # [n, I] @ [I, D]
+    k = inverse.numel() // T
+    if D % K.lanes(_dtype(x)):
+        return y[inverse.view(T, k)].sum(1)
+    out = torch.empty(T, D, dtype=x.dtype)
+    threads.before_launch(float(M * D))
+    _combine_lib(D, k, _dtype(x))["main"](y, inverse.view(T, k), out)
+    return out
+
+
+def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offsets: Tensor, inverse: Tensor,
+            scale: Tensor) -> Tensor:
+    """The expert MLP with the outer-product kernels (segments of many rows; not float64).
+
+    x ``[T, D]``; rows sorted by expert: ``rowtok [M]`` (token of each row), ``offsets [E+1]``,
+    ``inverse [T*k]``, ``scale [M]`` float32 (routing weight of each row). Packs x's rows
+    transposed (``xt [D, Mp]``), computes ``ht = SiLU(gate) * up`` transposed (``[I, Mp]``), then
+    ``y = scale * h @ w_down^T`` (``[M, D]`` float32) and the combine.
+    """
+    T, D = x.shape
+    E, two_i, _ = w_gate_up.shape
+    inter = two_i // 2
+    M = rowtok.numel()
+    k = inverse.numel() // T
+    dtype = _dtype(x)
+    mv = K.OP_MV
+    Mp = (-(-M // mv) + 1) * mv  # a whole vector past the last row: the last tile's loads stay inside
+    pack, gate_up, down = _op_libs(E, D, inter, dtype)
+    xt = workspace("moe.xt", D * Mp).view(D, Mp)  # intermediates: kept per thread
+    ht = workspace("moe.ht", inter * Mp).view(inter, Mp)
+    y = workspace("moe.y", M * D, torch.float32).view(M, D)
+    ht[:, M:].zero_()  # read (and discarded) by the last tile's lanes: keep it free of denormals
+    threads.before_launch(2.0 * M * 3 * inter * D)
+    pack["main"](x.contiguous(), rowtok, xt)
+    gate_up["main"](xt, w_gate_up.contiguous(), offsets, ht)
+    down["main"](ht, w_down.contiguous(), offsets, scale.float().contiguous(), y)
+    if D % K.lanes(dtype):
         return y[inverse.view(T, k)].sum(1).to(x.dtype)
     out = torch.empty(T, D, dtype=x.dtype)
     _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)

@@ -12,4 +12,5 @@ Modules, one role each:
 
 Everything is loaded lazily by ``hysparse_kernels.dispatch`` when an op runs on ``triton``.
 The kernels take float16, bfloat16 and float32 and compute in fp32; float64 raises a TypeError.
+HySparse blocks below 16 keys (the smallest ``tl.dot`` tile) run the reference path.
 """

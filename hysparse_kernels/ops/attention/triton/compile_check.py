@@ -74,7 +74,7 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
             f"attn_fwd-d{dqk}v{dv}-{'causal' if causal else 'full'}{'-w' if window else ''}{'-sink' if sink else ''}"
             f"{'-scores' if bs else ''}-{cfg.block_m}x{bs or cfg.block_n}",
             fwd._attn_fwd_kernel,
-            dict(Q=dtype, K=dtype, V=dtype, SINK="fp32", OUT=dtype, LSE="fp32", TMAX="fp32", SCORES_OUT="fp32"),
+            dict(Q=dtype, K=dtype, V=dtype, SINK="fp32", OUT=dtype, LSE="fp32", TMAX="fp32", SCORES_OUT="i32"),
             dict(DQK=dqk, DV=dv, CAUSAL=causal, HAS_WINDOW=window is not None, HAS_SINK=sink, SCORES=bs is not None,
                  BLOCK_M=cfg.block_m, BLOCK_N=bs or cfg.block_n, BLOCK_DQK=head_block(dqk), BLOCK_DV=head_block(dv),
                  PREC=prec, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages),

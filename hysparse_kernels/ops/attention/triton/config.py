@@ -28,6 +28,18 @@ def next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+# The smallest HySparse block the Triton kernels take: a block is a KV tile, and tl.dot needs
+# tiles of at least 16. Smaller blocks (any power of two is valid) run the reference path.
+MIN_BLOCK = 16
+
+
+def reference_impl(op: str):
+    """The reference implementation of ``op`` (for the inputs these kernels do not take)."""
+    from .... import dispatch
+
+    return dispatch.get_impl(op, "reference")
+
+
 def head_block(d: int) -> int:
     """Padded constexpr head dim: next power of two, at least 16 (``tl.dot`` needs K >= 16).
 

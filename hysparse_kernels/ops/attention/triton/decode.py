@@ -67,7 +67,7 @@ def _decode_split_kernel(
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, K + kv_row * DQK, V + kv_row * DV, LSE_PART, m_r, lo, hi, hi,
                                q_pos, qk_scale, window, DQK, DV, True, True, HAS_WINDOW, False, BLOCK_N, BLOCK_DQK,
                                BLOCK_DV, DOT_F32, PREC)
-    seen = l_i > 0.0
+    seen = l_i != 0.0  # 0: nothing seen in this chunk (NaN stays NaN)
     l_safe = tl.where(seen, l_i, 1.0)
     part = q_rows * n_splits + split
     tl.store(O_PART + part[:, None] * DV + o_dv[None, :], acc / l_safe[:, None], mask=m_r[:, None] & (o_dv[None, :] < DV))
@@ -97,7 +97,7 @@ def _decode_combine_kernel(
         denom += tl.math.exp2(sink - m_safe)
     parts = tl.load(O_PART + (row * n_splits + o_s[:, None]) * DV + o_dv[None, :],
                     mask=m_s[:, None] & (o_dv[None, :] < DV), other=0.0)  # [BLOCK_S, BLOCK_DV]
-    seen = denom > 0.0
+    seen = denom != 0.0  # 0: the row saw nothing (NaN stays NaN)
     d_safe = tl.where(seen, denom, 1.0)
     out = tl.sum(parts * w[:, None], 0) / d_safe
     tl.store(OUT + row * DV + o_dv, out.to(OUT.dtype.element_ty), mask=o_dv < DV)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, reference_impl
 from .tuned_configs import guarded
 
 LOG2E = 1.4426950408889634
@@ -49,6 +49,38 @@ def _kv_range(m0, Sq, Sk, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr
 
 
 @triton.jit
+def _masked_pv(acc, p, vis, b_v, DOT_F32: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``acc + P @ V`` for a tile where some rows cannot see some keys (``vis [BLOCK_M, BLOCK_N]``).
+
+    Their probability is 0, but 0 * NaN (an unwritten cache slot, a future key) is NaN, so the
+    dot multiplies only the finite values of V. The rare tile that holds NaN or +-inf then adds,
+    key by key, the IEEE products ``p * v`` of its non-finite values over the pairs that see them
+    (NaN, +-inf; 0 * inf = NaN for a visible key of probability 0), as the reference does. The
+    loop is small code and no dot: a fallback like that must not cost the common path registers
+    or shared memory (four extra 0/1 dots had made the sm_90 kernel 10x larger, 229 KB of shared
+    memory)."""
+    v32 = b_v.to(tl.float32)
+    finite = tl.abs(v32) < float("inf")  # false for NaN and +-inf
+    b_vf = tl.where(finite, b_v, 0.0).to(b_v.dtype)
+    # [BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_DV] -> [BLOCK_M, BLOCK_DV]; P in the input dtype on
+    # the GPU (tensor-core dot), fp32 under the interpreter.
+    if DOT_F32:
+        acc = tl.dot(p, b_vf.to(tl.float32), acc, input_precision=PREC)
+    else:
+        acc = tl.dot(p.to(b_v.dtype), b_vf, acc, input_precision=PREC)
+    if tl.sum(tl.sum(tl.where(finite, 0, 1), 1), 0) > 0:
+        o_n = tl.arange(0, BLOCK_N)
+        for j in range(0, BLOCK_N):
+            at_j = o_n == j
+            v_j = tl.sum(tl.where(at_j[:, None], v32, 0.0), 0)  # [BLOCK_DV] row j of the tile
+            p_j = tl.sum(tl.where(at_j[None, :], p, 0.0), 1)  # [BLOCK_M] its probabilities
+            vis_j = tl.sum(tl.where(at_j[None, :] & vis, 1, 0), 1) > 0  # [BLOCK_M] who sees it
+            bad_j = (v_j != v_j) | (tl.abs(v_j) == float("inf"))
+            acc = acc + tl.where(vis_j[:, None] & bad_j[None, :], p_j[:, None] * v_j[None, :], 0.0)
+    return acc
+
+
+@triton.jit
 def _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, hi, Sk, q_pos, qk_scale, window,
                DQK: tl.constexpr, DV: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, SCORES: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -68,7 +100,7 @@ def _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, hi, Sk, q_pos, qk_
         # [BLOCK_M, BLOCK_DQK] @ [BLOCK_DQK, BLOCK_N] -> [BLOCK_M, BLOCK_N] logits in log2 units
         s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale
         if MASKED:
-            vis = m_k[None, :]
+            vis = m_k[None, :] & (q_pos[:, None] == q_pos[:, None])  # [BLOCK_M, BLOCK_N]
             if CAUSAL:
                 vis = vis & (o_k[None, :] <= q_pos[:, None])
             if HAS_WINDOW:
@@ -85,12 +117,15 @@ def _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, hi, Sk, q_pos, qk_
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         b_v = tl.load(p_v + o_k[:, None] * DV + o_dv[None, :], mask=m_k[:, None] & (o_dv[None, :] < DV), other=0.0)
-        # [BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_DV] -> [BLOCK_M, BLOCK_DV]; P in the input dtype on
-        # the GPU (tensor-core dot), fp32 under the interpreter.
-        if DOT_F32:
-            acc = tl.dot(p, b_v.to(tl.float32), acc, input_precision=PREC)
+        if MASKED:
+            acc = _masked_pv(acc, p, vis, b_v, DOT_F32, PREC, BLOCK_N)
         else:
-            acc = tl.dot(p.to(b_v.dtype), b_v, acc, input_precision=PREC)
+            # every row sees every key of the tile: [BLOCK_M, BLOCK_N] @ [BLOCK_N, BLOCK_DV];
+            # P in the input dtype on the GPU (tensor-core dot), fp32 under the interpreter.
+            if DOT_F32:
+                acc = tl.dot(p, b_v.to(tl.float32), acc, input_precision=PREC)
+            else:
+                acc = tl.dot(p.to(b_v.dtype), b_v, acc, input_precision=PREC)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -132,7 +167,7 @@ def _attn_fwd_kernel(
         # The sink is a logit of its own: it starts the running max and contributes exp(0) = 1.
         sink = tl.load(SINK + h).to(tl.float32) * 1.4426950408889634
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + sink
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+        l_i = tl.where(m_i == m_i, 1.0, m_i)  # a NaN sink makes the head's rows NaN
     else:
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -146,7 +181,7 @@ def _attn_fwd_kernel(
     acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, full_hi, hi, Sk, q_pos, qk_scale, window,
                                DQK, DV, True, CAUSAL, HAS_WINDOW, SCORES, BLOCK_N, BLOCK_DQK, BLOCK_DV, DOT_F32, PREC)
 
-    seen = l_i > 0.0
+    seen = l_i != 0.0  # 0: the row saw nothing (NaN compares unequal: it stays NaN)
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]  # rows that saw nothing have acc = 0 -> out = 0
     lse2 = tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf"))  # log2 units
@@ -157,13 +192,19 @@ def _attn_fwd_kernel(
     if SCORES:
         # Second, light pass over this program's own tile maxima (block = KV tile):
         # score = exp(tile_max - lse) = exp(tile_max - m_final) / l_final, max over the group's heads.
+        # A block counts when the row sees one of its keys (by position: a NaN row's maxima are
+        # unreliable; its lse is NaN and so are its scores). The max over heads runs on the
+        # fp32 bits as int32 (SCORES_OUT is int32): for scores >= 0 the orders agree, and a
+        # (positive) NaN is above every number, so it wins like in the reference's amax.
         tl.debug_barrier()  # the maxima were stored by other threads of this program
         p_scores = SCORES_OUT + ((b * Hkv + hkv).to(tl.int64) * Sq + o_m) * n_blocks
         for t in range(lo // BLOCK_N, tl.cdiv(hi, BLOCK_N)):
             t_max = tl.load(p_tmax + t, mask=m_m, other=float("-inf"))
-            ok = seen & (t_max > float("-inf"))
-            score = tl.where(ok, tl.math.exp2(tl.where(ok, t_max - lse2, 0.0)), 0.0)
-            tl.atomic_max(p_scores + t, score, mask=m_m)
+            ok = seen & (t * BLOCK_N < Sk)
+            if CAUSAL:
+                ok = ok & (t * BLOCK_N <= q_pos)
+            score = tl.abs(tl.where(ok, tl.math.exp2(tl.where(ok, t_max - lse2, 0.0)), 0.0))
+            tl.atomic_max(p_scores + t, score.to(tl.int32, bitcast=True), mask=m_m)
 
 
 def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
@@ -175,15 +216,15 @@ def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
     cfg = config_for(op, {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": Hq // Hkv, "block_size": block_size})
     block_n = cfg.block_n
     if block_size is not None:
-        if block_size < 16:
-            raise ValueError(f"block_size: the triton block-score kernel needs block_size >= 16, got {block_size}")
+        if block_size < MIN_BLOCK:
+            raise ValueError(f"block_size: the triton block-score kernel needs block_size >= {MIN_BLOCK}, got {block_size}")
         block_n = block_size  # block = KV tile: the tile's row max is the block's row max
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
     n_blocks = triton.cdiv(Sk, block_n) if block_size is not None else 1
     if block_size is not None:
         tmax = torch.empty(B, Hq, Sq, n_blocks, dtype=torch.float32, device=q.device)
-        scores = torch.zeros(B, Hkv, Sq, n_blocks, dtype=torch.float32, device=q.device)
+        scores = torch.zeros(B, Hkv, Sq, n_blocks, dtype=torch.int32, device=q.device)  # fp32 bits
     else:
         tmax = scores = lse  # unused (SCORES=False), any fp32 pointer
     sink_arg = sink.contiguous() if sink is not None else lse
@@ -195,7 +236,7 @@ def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
         SCORES=block_size is not None, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
         BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
     )
-    return out, lse, (scores if block_size is not None else None)
+    return out, lse, (scores.view(torch.float32) if block_size is not None else None)
 
 
 def attention_fwd(q, k, v, sink, causal, window, scale):
@@ -212,7 +253,10 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 def attention_with_block_scores(q, k, v, block_size, causal, scale):
     """Triton forward with HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` fp32.
 
-    The KV tile is the block (``block_size >= 16``); memory beyond the outputs is one fp32 tile
-    maximum per (query head, query, block): ``1 / block_size`` of a score matrix, never ``S x S``.
+    The KV tile is the block; memory beyond the outputs is one fp32 tile maximum per (query head,
+    query, block): ``1 / block_size`` of a score matrix, never ``S x S``. Blocks smaller than
+    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("attention_block_scores")(q, k, v, block_size, causal, scale)
     return guarded(lambda: _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size))

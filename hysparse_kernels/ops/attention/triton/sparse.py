@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
+from .fwd import _masked_pv
 
 LOG2E = 1.4426950408889634
 
@@ -81,7 +82,7 @@ def _sparse_fwd_kernel(
         b_q = b_q.to(tl.float32)
     if HAS_SINK:
         m_i = tl.load(SINK + h, mask=m_r, other=0.0).to(tl.float32) * 1.4426950408889634
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+        l_i = tl.where(m_i == m_i, 1.0, m_i)  # a NaN sink makes the head's rows NaN
     else:
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -115,13 +116,11 @@ def _sparse_fwd_kernel(
             acc = acc * alpha[:, None]
             b_v = tl.load(V + (kv_row + o_key[:, None]) * DV + o_dv[None, :],
                           mask=in_range[:, None] & (o_dv[None, :] < DV), other=0.0)
-            if DOT_F32:
-                acc = tl.dot(p, b_v.to(tl.float32), acc, input_precision=PREC)
-            else:
-                acc = tl.dot(p.to(b_v.dtype), b_v, acc, input_precision=PREC)
+            # rows that did not pick the block, and keys after a row's query, must not meet V
+            acc = _masked_pv(acc, p, vis, b_v, DOT_F32, PREC, BLOCK_SIZE)
             m_i = m_new
 
-    seen = l_i > 0.0
+    seen = l_i != 0.0  # 0: the row saw nothing (NaN stays NaN)
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
@@ -131,8 +130,8 @@ def _sparse_fwd_kernel(
 
 
 def check_block_size(block_size: int) -> None:
-    if block_size < 16:
-        raise ValueError(f"block_size: the triton sparse kernels need block_size >= 16 (tl.dot), got {block_size}")
+    if block_size < MIN_BLOCK:
+        raise ValueError(f"block_size: the triton sparse kernels need block_size >= {MIN_BLOCK} (tl.dot), got {block_size}")
 
 
 def _launch_sparse(q, k, v, indices, block_size, sink, scale, cache_seqlens=None):
@@ -173,7 +172,11 @@ def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
     Example::
 
         out, lse = sparse_attention_fwd(q, k, v, idx, 64, None, q.shape[-1] ** -0.5)
+
+    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("sparse_attention_fwd")(q, k, v, indices, block_size, sink, scale)
     return _launch_sparse(q, k, v, indices, block_size, sink, scale)
 
 
@@ -182,6 +185,10 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
 
     q ``[B, Hq, Sq, Dqk]`` (Sq = 1 or 1 + draft tokens), caches ``[B, Hkv, Smax, D]`` with
     ``cache_seqlens [B]`` valid keys. The selected keys are few (k blocks), so one program per
-    (query, KV group) suffices; no split over the cache is needed.
+    (query, KV group) suffices; no split over the cache is needed. Blocks smaller than
+    ``MIN_BLOCK`` (16) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size,
+                                                         sink, scale)
     return _launch_sparse(q, k_cache, v_cache, indices, block_size, sink, scale, cache_seqlens=cache_seqlens)

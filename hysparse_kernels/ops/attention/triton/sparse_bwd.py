@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .bwd import sink_grad, softmax_delta
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
 from .sparse import LOG2E, _block_is_new, check_block_size
 
 
@@ -102,7 +102,11 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
     Example::
 
         dq, dk, dv, dsink = sparse_attention_bwd(dout, dlse, q, k, v, idx, None, out, lse, 64, scale)
+
+    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
     """
+    if block_size < MIN_BLOCK:
+        return reference_impl("sparse_attention_bwd")(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale)
     check_dtype("q", q)
     check_block_size(block_size)
     q, k, v, dout = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous()

@@ -23,10 +23,11 @@ from .config import config_for, next_pow2
 
 @triton.jit
 def _topk_blocks_kernel(
-    SCORES, IDX, n_rows, Sq, n_blocks, k, seqlen_k, block_size,
+    SCORES, IDX, n_rows, Sq, n_blocks, k, rounds, seqlen_k, block_size,
     BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    # SCORES [n_rows, n_blocks] fp32 (rows = (b, hkv, i) flattened), IDX [n_rows, k] int32.
+    # SCORES [n_rows, n_blocks] fp32 (rows = (b, hkv, i) flattened), IDX [n_rows, k] int32;
+    # the first `rounds` = min(k, n_blocks) entries of each row are written here.
     o_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     m_r = o_r < n_rows
     o_b = tl.arange(0, BLOCK_B)
@@ -35,7 +36,7 @@ def _topk_blocks_kernel(
     n_vis = tl.minimum(n_vis, n_blocks)
     avail = (o_b[None, :] < n_vis[:, None]) & m_r[:, None]  # [BLOCK_R, BLOCK_B]
     vals = tl.load(SCORES + o_r[:, None].to(tl.int64) * n_blocks + o_b[None, :], mask=avail, other=0.0)
-    for t in range(0, k):
+    for t in range(0, rounds):
         numeric = avail & (vals == vals)  # not NaN
         best = tl.max(tl.where(numeric, vals, float("-inf")), 1)
         # lowest index among the available blocks holding the best numeric score ...
@@ -58,15 +59,19 @@ def topk_blocks(block_scores, k, block_size, seqlen_k):
     B, Hkv, Sq, n_blocks = block_scores.shape
     scores = block_scores.float().contiguous()
     n_rows = B * Hkv * Sq
+    # Entries past the number of blocks can only be pads: filled here, never walked by the kernel.
+    rounds = min(k, n_blocks)
     out = torch.empty(B, Hkv, Sq, k, dtype=torch.int32, device=block_scores.device)
-    if n_rows == 0 or k == 0:
+    if rounds < k:
+        out[..., rounds:] = -1
+    if n_rows == 0 or rounds == 0:
         return out
     block_b = max(16, next_pow2(n_blocks))
     cfg = config_for("topk_blocks", {"n_blocks": n_blocks, "k": k})
     # keep a program's [BLOCK_R, BLOCK_B] tile at most 8K elements
     block_r = max(1, min(cfg.block_m, 8192 // block_b))
     _topk_blocks_kernel[(triton.cdiv(n_rows, block_r),)](
-        scores, out, n_rows, Sq, n_blocks, k, seqlen_k, block_size, BLOCK_R=block_r, BLOCK_B=block_b,
+        scores, out, n_rows, Sq, n_blocks, k, rounds, seqlen_k, block_size, BLOCK_R=block_r, BLOCK_B=block_b,
         **cfg.launch(),
     )
     return out

@@ -4,7 +4,7 @@ Layout of the work
 ------------------
 * ``prep``: one pass over K and V that writes ``kt [B, Hkv, Skp / BN, Dqk, BN]`` (K transposed tile
   by tile, fp32) and ``vp [B, Hkv, Skp, Dv]`` (fp32), both zero-padded to a multiple of the KV
-  tile. Each K^T tile is one contiguous block: a plain ``[Dqk, Skp]`` transpose would put the
+  tile, and ``bad [B, Hkv, Skp / BN]`` (1.0 where a V tile holds NaN or +-inf). Each K^T tile is one contiguous block: a plain ``[Dqk, Skp]`` transpose would put the
   rows a GEMM step reads ``4 * Skp`` bytes apart (16 KiB at 4K keys), all in one L1 set. Every query
   block then reads K^T tiles as contiguous vectors, so ``Q @ K^T`` is an outer-product GEMM with
   no per-tile transpose, and bf16 is widened once instead of once per query block.
@@ -46,7 +46,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
     PAR, VEC, SCOPE = loop_kinds(target_kind)
 
     @T.prim_func
-    def prep(k_h: T.handle, v_h: T.handle, kt_h: T.handle, vp_h: T.handle):
+    def prep(k_h: T.handle, v_h: T.handle, kt_h: T.handle, vp_h: T.handle, bad_h: T.handle):
         B = T.int32()
         Hkv = T.int32()
         Sk = T.int32()
@@ -56,7 +56,9 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         NT = T.int32()
         Kt = T.match_buffer(kt_h, (B, Hkv, NT, DQK, BN), "float32")
         Vp = T.match_buffer(vp_h, (B, Hkv, Skp, DV), "float32")
+        Bad = T.match_buffer(bad_h, (B, Hkv, NT), "float32")  # 1 where a V tile holds NaN or +-inf
         for task in PAR(B * Hkv * (Skp // BN)):
+            Fl = T.alloc_buffer((EV,), "float32", scope=SCOPE)
             b = task // (Hkv * (Skp // BN))
             hk = task // (Skp // BN) % Hkv
             j0 = task % (Skp // BN) * BN
@@ -68,9 +70,20 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                 for e in VEC(DV):
                     Vp[b, hk, j0 + jj, e] = T.if_then_else(
                         j0 + jj < Sk, T.Cast("float32", V[b, hk, T.min(j0 + jj, Sk - 1), e]), f32(0.0))
+            # |x| <= FLT_MAX fails for NaN and +-inf (an ordered comparison); EV-lane partial maxima
+            for l in VEC(EV):
+                Fl[l] = f32(0.0)
+            for jj in range(BN):
+                for eo in range(DV // EV):
+                    for l in VEC(EV):
+                        Fl[l] = T.max(Fl[l], T.Select(T.abs(Vp[b, hk, j0 + jj, eo * EV + l]) <= T.max_value("float32"),
+                                                      f32(0.0), f32(1.0)))
+            for l in range(1, EV):
+                Fl[0] = T.max(Fl[0], Fl[l])
+            Bad[b, hk, j0 // BN] = Fl[0]
 
     @T.prim_func
-    def main(q_h: T.handle, kt_h: T.handle, vp_h: T.handle, kvlen_h: T.handle, sink_h: T.handle,
+    def main(q_h: T.handle, kt_h: T.handle, vp_h: T.handle, bad_h: T.handle, kvlen_h: T.handle, sink_h: T.handle,
              out_h: T.handle, lse_h: T.handle, tmax_h: T.handle, score_h: T.handle,
              window: T.int32, scale: T.float32):
         B = T.int32()
@@ -93,6 +106,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         NT = T.int32()
         Kt = T.match_buffer(kt_h, (B, Hkv, NT, DQK, BN), "float32")
         Vp = T.match_buffer(vp_h, (B, Hkv, Skp, DV), "float32")
+        Bad = T.match_buffer(bad_h, (B, Hkv, NT), "float32")
         KvLen = T.match_buffer(kvlen_h, (B,), "int32")
         Sink = T.match_buffer(sink_h, (Hs,), "float32")
         Out = T.match_buffer(out_h, (B, Hq, Sq, DV), dtype)
@@ -178,22 +192,36 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                         Red[l] = f32(0.0)
                     for jo in range(BN // VL):
                         for l in VEC(VL):
-                            Ss[r, jo * VL + l] = T.Select(Ss[r, jo * VL + l] > NEGC, fast_exp(Ss[r, jo * VL + l] - Sc[1]), f32(0.0))
+                            # masked -> 0; a NaN logit stays NaN (float comparisons are ordered: NaN == x is false)
+                            Ss[r, jo * VL + l] = T.Select(Ss[r, jo * VL + l] == NEGC, f32(0.0), fast_exp(Ss[r, jo * VL + l] - Sc[1]))
                             Red[l] = Red[l] + Ss[r, jo * VL + l]
                     Sc[2] = f32(0.0)
                     for l in range(VL):
                         Sc[2] = Sc[2] + Red[l]
                     Ls[r] = Ls[r] * Al[r] + Sc[2]
                 # Acc = Acc * alpha + P @ V  ([R, BN] @ [BN, Dv] -> [R, Dv]); register tile RT x EV.
+                # A masked key has P = 0, but 0 * NaN (or inf) in its V row would still be NaN. A
+                # tile whose V is all finite (prep's flag; always, in practice) multiplies plainly;
+                # otherwise V is selected to 0 where the row cannot see the key. (Selecting in
+                # every tile a row sees only in part cost 1.5x on SWA-128 prefill.)
                 for ro in range(R // RT):
                     for eo in range(DV // EV):
                         for ri in T.unroll(RT):
                             for ei in VEC(EV):
                                 Creg[ri * EV + ei] = Acc[ro * RT + ri, eo * EV + ei] * Al[ro * RT + ri]
-                        for j in range(BN):
-                            for ri in T.unroll(RT):
-                                for ei in VEC(EV):
-                                    Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * Vp[b, hk, j0 + j, eo * EV + ei]
+                        if Bad[b, hk, Ib[0] + t] == f32(0.0):
+                            for j in range(BN):
+                                for ri in T.unroll(RT):
+                                    for ei in VEC(EV):
+                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * Vp[b, hk, j0 + j, eo * EV + ei]
+                        else:
+                            for j in range(BN):
+                                for ri in T.unroll(RT):
+                                    for ei in VEC(EV):
+                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * T.Select(
+                                            (not CAUSAL or j0 + j <= L - Sq + q0 + (ro * RT + ri) % BM)
+                                            and (not WIN or j0 + j > L - Sq + q0 + (ro * RT + ri) % BM - window),
+                                            Vp[b, hk, j0 + j, eo * EV + ei], f32(0.0))
                         for ri in T.unroll(RT):
                             for ei in VEC(EV):
                                 Acc[ro * RT + ri, eo * EV + ei] = Creg[ri * EV + ei]
@@ -208,24 +236,28 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                         Sc[0] = T.max(Mx[r], Sink[h])
                         Sc[1] = fast_exp(Mx[r] - Sc[0])
                         Sc[2] = Ls[r] * Sc[1] + fast_exp(Sink[h] - Sc[0])
-                    if Sc[2] > f32(0.0):
-                        Sc[3] = Sc[1] / Sc[2]
-                        Lse[b, h, q0 + r % BM] = Sc[0] + T.log(Sc[2])
-                    else:
+                    # 0: nothing seen. (Not `!= 0`: float comparisons are ordered, false for NaN,
+                    # and a NaN denominator must give NaN.)
+                    if Sc[2] == f32(0.0):
                         Sc[3] = f32(0.0)
                         Lse[b, h, q0 + r % BM] = T.infinity("float32") * f32(-1.0)
+                    else:
+                        Sc[3] = Sc[1] / Sc[2]
+                        Lse[b, h, q0 + r % BM] = Sc[0] + T.log(Sc[2])
                     for e in VEC(DV):
                         Out[b, h, q0 + r % BM, e] = T.Cast(dtype, Acc[r, e] * Sc[3])
             if BS:
-                # score[b, hk, i, blk] = max over the group of exp(tmax - lse); 0 where unseen
+                # score[b, hk, i, blk] = max over the group of exp(tmax - lse); 0 where unseen.
+                # Visibility by position (a NaN row's tile maxima are unreliable); a NaN row has
+                # lse NaN and gives NaN for every block it sees, and NaN wins the max.
                 for i in range(BM):
                     if q0 + i < Sq:
                         for blk in range(NBs):
                             Sc[0] = f32(0.0)
-                            if blk >= Ib[0] and blk < Ib[1]:
+                            if blk >= Ib[0] and blk < Ib[1] and (not CAUSAL or blk * BN <= L - Sq + q0 + i):
                                 for g in range(G):
-                                    if Tmax[b, hk * G + g, q0 + i, blk] > NEGC:
-                                        Sc[0] = T.max(Sc[0], T.exp(Tmax[b, hk * G + g, q0 + i, blk] - Lse[b, hk * G + g, q0 + i]))
+                                    Sc[1] = T.exp(Tmax[b, hk * G + g, q0 + i, blk] - Lse[b, hk * G + g, q0 + i])
+                                    Sc[0] = T.Select(Sc[1] > Sc[0] or T.isnan(Sc[1]), Sc[1], Sc[0])
                             Score[b, hk, q0 + i, blk] = Sc[0]
 
     return tvm.IRModule({"prep": prep, "main": main})

@@ -10,7 +10,7 @@ from functools import lru_cache
 import torch
 
 from .... import dispatch, tuned
-from ....backends.tvm import cpu_target_spec, get_module
+from ....backends.tvm import cpu_target_spec, get_module, threads
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
@@ -37,6 +37,8 @@ SMALL_WINDOW, WINDOW_TILE = 256, 32
 LONG_KV, LONG_TILE = 2048, 128
 # attention_fwd with at most this many causal queries runs the decode kernel (no K^T pass).
 FEW_QUERIES = 8
+# Sliding windows up to this size run the band kernel (swa.py); larger ones the dense kernel.
+SWA_MAX_WINDOW = 512
 
 
 @lru_cache(maxsize=1)
@@ -147,6 +149,7 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles.
     kt = torch.empty(B, Hkv, nblocks, Dqk, bn, dtype=torch.float32)
     vp = torch.empty(B, Hkv, nblocks * bn, Dv, dtype=torch.float32)
+    bad = torch.empty(B, Hkv, nblocks, dtype=torch.float32)  # V tiles holding NaN / inf
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
     kv_len = torch.full((B,), Sk, dtype=torch.int32)
@@ -155,8 +158,11 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
         scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
     else:
         tmax = scores = _NO_SCORES
-    lib["prep"](k, v, kt, vp)
-    lib["main"](q, kt, vp, kv_len, _sink_arg(sink), out, lse, tmax, scores,
+    # work of the launch (FLOPs of Q @ K^T and P @ V over the keys a query sees), for the thread policy
+    keys = min(Sk, window) if window is not None else (Sk + 1) / 2 if causal else Sk
+    threads.before_launch(2.0 * B * Hq * Sq * keys * (Dqk + Dv))
+    lib["prep"](k, v, kt, vp, bad)
+    lib["main"](q, kt, vp, bad, kv_len, _sink_arg(sink), out, lse, tmax, scores,
                 int(window) if window is not None else 0, float(scale))
     return out, lse, scores
 
@@ -170,6 +176,8 @@ def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale, con
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
     idx = _c(indices.to(torch.int32)) if sparse else _NO_INDICES
+    keys = indices.shape[-1] * bn if sparse else min(k.shape[2], window) if window is not None else k.shape[2]
+    threads.before_launch(2.0 * B * Hq * Sq * keys * (Dqk + Dv))
     lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink), out, lse,
                 int(window) if window is not None else 0, float(scale))
     return out, lse
@@ -183,7 +191,8 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 
     q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]`` -> out
     ``[B, Hq, Sq, Dv]`` (q's dtype), lse ``[B, Hq, Sq]`` float32. float64 runs the reference.
-    A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel.
+    A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel; a window up to
+    ``SWA_MAX_WINDOW`` keys the band kernel (``swa.py``); the rest the dense kernel.
 
     Example::
 
@@ -199,6 +208,10 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
         return _tuned("attention_fwd", q, k, v, window, _heuristic(window, dense=False),
                       lambda c: _run_rows("attention_fwd", q, k, v, kv_len, None, None, sink, window, scale, c))
+    if causal and window is not None and window <= SWA_MAX_WINDOW:
+        from .launch_swa import run_swa  # one band of keys per query block, exact softmax
+
+        return run_swa(q, k, v, sink, window, scale)
     heuristic = _heuristic(window, group=q.shape[1] // k.shape[1], seqlen_k=k.shape[2])
     out, lse, _ = _tuned("attention_fwd", q, k, v, window, heuristic,
                          lambda c: _run_dense(q, k, v, sink, causal, window, scale, config=c))
@@ -249,14 +262,3 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
     if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0 or indices.shape[-1] == 0:
         return _reference("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale)
     return _run_rows("sparse_attention_decode", q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, None, scale)
-
-
-def attention_bwd(dout, dlse, q, k, v, sink, out, lse, causal, window, scale):
-    """Gradients ``(dq, dk, dv, dsink)`` computed with the **reference path** (no TVM backward yet):
-    autograd through the materialised float32 forward, recomputed from q, k, v."""
-    return _reference("attention_bwd")(dout, dlse, q, k, v, sink, out, lse, causal, window, scale)
-
-
-def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale):
-    """Gradients of sparse attention computed with the **reference path** (no TVM backward yet)."""
-    return _reference("sparse_attention_bwd")(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale)

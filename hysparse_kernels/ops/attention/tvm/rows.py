@@ -31,6 +31,7 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
     VL = vec_width(bn, (8, 4, 2, 1))
     CR = max(G * DW, RT * EV)
     SPARSE, WIN, SINK = sparse, has_window, has_sink
+    WIN_I = 1 if has_window else 0
     NEGC = f32(NEG)
     PAR, VEC, SCOPE = loop_kinds(target_kind)
 
@@ -100,8 +101,15 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                 if Ib[3] == 1:
                     j0 = Ib[2] * BN
                     nv = T.min(BN, Sk - j0)  # keys of this tile present in the cache
+                    # Only the keys this query sees, [jlo, jhi) of the tile, are read: a masked
+                    # key's probability is 0, but 0 * NaN (an unwritten cache slot, a future key)
+                    # is NaN, so masked keys must never enter P @ V. (pos < L: keys past the
+                    # length are after the query.)
+                    jlo = T.max(pos - window + 1 - j0, 0) * WIN_I
+                    jhi = T.min(nv, pos + 1 - j0)
                     # S[g, j] = Qs[g, :] . K[j, :]  (dot products over Dqk, DW-lane partial sums)
-                    for j in range(nv):
+                    for jj in range(T.max(jhi - jlo, 0)):
+                        j = jlo + jj
                         for g in T.unroll(G):
                             for l in VEC(DW):
                                 Creg[g * DW + l] = f32(0.0)
@@ -147,22 +155,23 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                             Red[l] = f32(0.0)
                         for jo in range(BN // VL):
                             for l in VEC(VL):
-                                Ss[g, jo * VL + l] = T.Select(Ss[g, jo * VL + l] > NEGC, fast_exp(Ss[g, jo * VL + l] - Sc[1]), f32(0.0))
+                                # masked -> 0; a NaN logit stays NaN (float comparisons are ordered: NaN == x is false)
+                                Ss[g, jo * VL + l] = T.Select(Ss[g, jo * VL + l] == NEGC, f32(0.0), fast_exp(Ss[g, jo * VL + l] - Sc[1]))
                                 Red[l] = Red[l] + Ss[g, jo * VL + l]
                         Sc[2] = f32(0.0)
                         for l in range(VL):
                             Sc[2] = Sc[2] + Red[l]
                         Ls[g] = Ls[g] * Al[g] + Sc[2]
-                    # Acc = Acc * alpha + P @ V over the present keys ([G, nv] @ [nv, Dv])
+                    # Acc = Acc * alpha + P @ V over the visible keys ([G, n] @ [n, Dv])
                     for ro in range(G // RT):
                         for eo in range(DV // EV):
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
                                     Creg[ri * EV + ei] = Acc[ro * RT + ri, eo * EV + ei] * Al[ro * RT + ri]
-                            for j in range(nv):
+                            for jj in range(T.max(jhi - jlo, 0)):
                                 for ri in T.unroll(RT):
                                     for ei in VEC(EV):
-                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * T.Cast("float32", V[b, hk, j0 + j, eo * EV + ei])
+                                        Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, jlo + jj] * T.Cast("float32", V[b, hk, j0 + jlo + jj, eo * EV + ei])
                             for ri in T.unroll(RT):
                                 for ei in VEC(EV):
                                     Acc[ro * RT + ri, eo * EV + ei] = Creg[ri * EV + ei]
@@ -174,12 +183,14 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                     Sc[0] = T.max(Mx[g], Sink[hk * G + g])
                     Sc[1] = fast_exp(Mx[g] - Sc[0])
                     Sc[2] = Ls[g] * Sc[1] + fast_exp(Sink[hk * G + g] - Sc[0])
-                if Sc[2] > f32(0.0):
-                    Sc[3] = Sc[1] / Sc[2]
-                    Lse[b, hk * G + g, i] = Sc[0] + T.log(Sc[2])
-                else:
+                # 0: nothing seen. (Not `!= 0`: float comparisons are ordered, false for NaN,
+                # and a NaN denominator must give NaN.)
+                if Sc[2] == f32(0.0):
                     Sc[3] = f32(0.0)
                     Lse[b, hk * G + g, i] = T.infinity("float32") * f32(-1.0)
+                else:
+                    Sc[3] = Sc[1] / Sc[2]
+                    Lse[b, hk * G + g, i] = Sc[0] + T.log(Sc[2])
                 for e in VEC(DV):
                     Out[b, hk * G + g, i, e] = T.Cast(dtype, Acc[g, e] * Sc[3])
 

@@ -8,6 +8,7 @@ at most a few hundred, so this beats a sort. A group's score is the sum of its t
 scores with a bias (DeepSeek-V3), its best score without: the ``[BLOCK_T, E]`` tile is viewed as
 ``[BLOCK_T, n_group, E / n_group]``, so with groups E must be a power of two here (it is in the
 models: 64, 256).
+NaN logits (or biases) rank first and give NaN weights, as in the reference.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _route_kernel(
     if HAS_BIAS:
         # The bias moves the selection only; weights are read from `scores`.
         choice = choice + tl.load(p_bias + o_e, mask=m_e, other=0.0).to(ACC)[None, :]
+    # NaN ranks above every number (as in the reference's sort), ties to the lower id: as +inf
+    # here, so the arg-max never meets a NaN; its weight stays the NaN score.
+    choice = tl.where(choice == choice, choice, float("inf"))
     choice = tl.where(m_e[None, :], choice, float("-inf"))
     if N_GROUP > 1:
         PER: tl.constexpr = BLOCK_E // N_GROUP

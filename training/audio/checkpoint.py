@@ -1,0 +1,96 @@
+"""Training checkpoints of the audio models: written whole or not at all, read back exactly.
+
+``<out>/checkpoints/step-NNNNNN/`` holds the model as ``models.audio.io.save_checkpoint`` writes it
+(``model/``), the optimizer's tensors and the torch RNG state in ``trainer.safetensors``, and the
+scalars in ``trainer.json``. The directory is written under a temporary name and renamed into
+place; ``<out>/checkpoints/latest`` (replaced atomically, last) names the newest complete one.
+No pickle is written or read. Batches are drawn from generators seeded by ``(seed, step)``, so
+the data needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hysparse_kernels.models.audio.io import load_checkpoint, save_checkpoint
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save(out, step: int, model, optimizer, extra: dict | None = None) -> Path:
+    """Write checkpoint ``step`` under ``out/checkpoints`` and point ``latest`` at it."""
+    from safetensors.torch import save_file
+
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}."))
+    try:
+        save_checkpoint(model, tmp / "model")
+        tensors, meta = _optimizer_tensors(optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "trainer.safetensors"))
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "optimizer": meta, **(extra or {})}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fd, pointer = tempfile.mkstemp(dir=root, prefix=".latest.")
+    with os.fdopen(fd, "w") as f:
+        f.write(final.name)
+    os.replace(pointer, root / "latest")
+    return final
+
+
+def latest(out) -> Path | None:
+    """The newest complete checkpoint under ``out``, or None."""
+    pointer = Path(out) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "trainer.json").exists():
+        raise FileNotFoundError(f"{pointer}: names {path.name}, which is not a complete checkpoint")
+    return path
+
+
+def load(path, model, optimizer) -> dict:
+    """Restore model weights (and buffers), optimizer and torch RNG from ``path``; returns ``trainer.json``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model.load_state_dict(load_checkpoint(path / "model").state_dict(), strict=True)
+    tensors = load_file(str(path / "trainer.safetensors"))
+    meta = json.loads((path / "trainer.json").read_text())
+    optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta

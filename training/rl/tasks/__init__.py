@@ -1,0 +1,24 @@
+"""Verifiable tasks, generated offline and deterministic by seed (train / dev / heldout splits).
+
+``get_task("lookup")`` (multi-hop lookup QA with a search tool), ``"arith"`` (two-operand
+arithmetic), ``"countdown"`` (reach a target with the given numbers).
+"""
+
+from __future__ import annotations
+
+from .arith import Arithmetic, Countdown, evaluate_expression
+from .base import OUTCOMES, SPLITS, Example, Segment, Task, Verdict
+from .lookup import ABSTAIN, FactBase, LookupQA
+
+TASKS: dict[str, type[Task]] = {"lookup": LookupQA, "arith": Arithmetic, "countdown": Countdown}
+
+
+def get_task(name: str, seed: int = 0, **options) -> Task:
+    """The task ``name`` built with ``seed`` (and task options)."""
+    if name not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name](seed, **options)
+
+
+__all__ = ["TASKS", "get_task", "Task", "Example", "Segment", "Verdict", "SPLITS", "OUTCOMES", "LookupQA", "FactBase",
+           "ABSTAIN", "Arithmetic", "Countdown", "evaluate_expression"]
