@@ -295,14 +295,22 @@ def reader(model, optimizer, par: Parallel):
 # --------------------------------------------------------------------------- conversion
 
 
+def _dcp_meta(path: Path) -> dict:
+    """The ``trainer.json`` record of DCP folder ``path``; a clear error for any other folder."""
+    if not (path / checkpoint.TRAINER_JSON).is_file():
+        raise CheckpointError(f"{path}: not a distributed checkpoint (no {checkpoint.TRAINER_JSON})")
+    meta = _read_meta(path)
+    if meta.get("format") not in (FORMAT, MODEL_FORMAT):
+        raise CheckpointError(f"{path}: not a distributed checkpoint ({checkpoint.TRAINER_JSON} format {meta.get('format')!r})")
+    return meta
+
+
 def _load_model_state(path: Path, model) -> None:
     """Load the model tensors of DCP folder ``path`` (a checkpoint or a ``from_safetensors`` folder)
     into ``model`` in this process alone."""
     import torch.distributed.checkpoint as dcp
 
-    meta = _read_meta(path)
-    if meta.get("format") not in (FORMAT, MODEL_FORMAT):
-        raise CheckpointError(f"{path}: not a distributed checkpoint (trainer.json format {meta.get('format')!r})")
+    meta = _dcp_meta(path)
     one = Parallel()
     verify(path, meta, one)
     sd = model.state_dict()
@@ -323,6 +331,7 @@ def load_model(path) -> torch.nn.Module:
     from hysparse_kernels.models.loading import read_graph
 
     path = Path(path)
+    _dcp_meta(path)
     graph = read_graph(path)
     dtypes = {}
     try:
