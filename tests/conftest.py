@@ -44,49 +44,16 @@ settings.load_profile("hysparse")
 # --------------------------------------------------------------------------- several ranks
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, fn, world, port, out_dir, args):
-    """One spawned rank: join a gloo group of ``world``, run ``fn(rank, world, *args)``, save its result."""
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = fn(rank, world, *args)
-        torch.save(result, pathlib.Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.fixture(scope="session")
 def run_ranks(tmp_path_factory):
     """``run_ranks(fn, *args, world=2, timeout=120)``: run the module-level function
     ``fn(rank, world, *args)`` on ``world`` spawned processes joined in a gloo group, and return
-    each rank's result. A rank that raises fails the test with its traceback; ranks still running
-    at the deadline are killed (a hang fails instead of blocking the suite)."""
-    import time
+    each rank's result (``spawned_ranks.run``). A rank that raises fails the test with its
+    traceback; ranks still running at the deadline are killed (a hang fails instead of blocking
+    the suite)."""
+    from spawned_ranks import run
 
-    import torch.multiprocessing as mp
+    def run_in_tmp(fn, *args, world=2, timeout=120):
+        return run(fn, *args, world=world, timeout=timeout, out=tmp_path_factory.mktemp(f"ranks-{fn.__name__}"))
 
-    def run(fn, *args, world=2, timeout=120):
-        out = tmp_path_factory.mktemp(f"ranks-{fn.__name__}")
-        ctx = mp.start_processes(_rank_main, args=(fn, world, _free_port(), str(out), args), nprocs=world,
-                                 join=False, start_method="spawn")
-        deadline = time.monotonic() + timeout
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() >= deadline:
-                for p in ctx.processes:
-                    p.kill()
-                raise AssertionError(f"{fn.__name__}: ranks still running after {timeout} s (killed)")
-        return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
-
-    return run
+    return run_in_tmp
