@@ -6,6 +6,9 @@ the selection only, group-limited selection (``hysparse_kernels.route``: a group
 sum of its two best biased scores with a bias, by its best score without), the top-k weights
 renormalised when ``renormalize`` (Hugging Face ``norm_topk_prob``), then scaled.
 
+With ``expert_parallel.shard_experts`` the stacked experts are sharded over an expert-parallel
+group of ranks and the routed rows travel to their experts' ranks and back (``expert_parallel_moe``).
+
 Experts are stored stacked (``experts.gate_up_proj [E, 2I, D]``, split layout: gate rows first;
 ``experts.down_proj [E, D, I]``); ``models.loading`` maps them to and from the per-expert
 Hugging Face names (``mlp.experts.{e}.gate_proj.weight``, ...).
@@ -18,6 +21,7 @@ from torch import Tensor, nn
 
 import hysparse_kernels as hk
 from hysparse_kernels.ir import MoE
+from .expert_parallel import Dispatch, expert_parallel_moe
 from .layers import SwiGLU, compute_dtype
 
 
@@ -35,15 +39,20 @@ class Router(nn.Module):
 
 
 class StackedExperts(nn.Module):
+    """``gate_up_proj [E, 2I, D]``, ``down_proj [E, D, I]``; ``expert_group``: the process group
+    they are sharded over (``expert_parallel.shard_experts``), None when whole."""
+
     def __init__(self, spec: MoE, hidden: int):
         super().__init__()
+        self.expert_group = None
         E, inter = spec.num_experts, spec.intermediate
         self.gate_up_proj = nn.Parameter(torch.randn(E, 2 * inter, hidden) * 0.02)
         self.down_proj = nn.Parameter(torch.randn(E, hidden, inter) * 0.02)
 
 
 class MoEBlock(nn.Module):
-    """``forward(x [B, S, D]) -> [B, S, D]``; ``last_load`` holds the tokens per expert of the last call."""
+    """``forward(x [B, S, D]) -> [B, S, D]``; ``last_load`` holds the tokens per expert of the last call
+    (this rank's tokens), ``last_dispatch`` the rows exchanged when the experts are expert-parallel."""
 
     def __init__(self, spec: MoE, hidden: int):
         super().__init__()
@@ -52,6 +61,7 @@ class MoEBlock(nn.Module):
         self.experts = StackedExperts(spec, hidden)
         self.shared_experts = SwiGLU(hidden, spec.intermediate * spec.shared_experts) if spec.shared_experts else None
         self.last_load: Tensor | None = None
+        self.last_dispatch: Dispatch | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.spec
@@ -63,7 +73,13 @@ class MoEBlock(nn.Module):
                                 n_group=s.n_group, topk_group=s.topk_group, renormalize=s.renormalize,
                                 scaling=s.routed_scaling)
         self.last_load = hk.expert_load(ids, s.num_experts).detach()
-        out = hk.moe(flat, self.experts.gate_up_proj, self.experts.down_proj, weights.to(x.dtype), ids)
+        w_gate_up, w_down = self.experts.gate_up_proj, self.experts.down_proj
+        group = self.experts.expert_group
+        if group is not None:  # experts spread over ranks (expert_parallel.shard_experts): DTensors
+            out, self.last_dispatch = expert_parallel_moe(flat, w_gate_up.to_local(), w_down.to_local(),
+                                                          weights.to(x.dtype), ids, group)
+        else:
+            out = hk.moe(flat, w_gate_up, w_down, weights.to(x.dtype), ids)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         return out.view(B, S, D)

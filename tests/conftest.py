@@ -39,3 +39,21 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("hysparse")
+
+
+# --------------------------------------------------------------------------- several ranks
+
+
+@pytest.fixture(scope="session")
+def run_ranks(tmp_path_factory):
+    """``run_ranks(fn, *args, world=2, timeout=120)``: run the module-level function
+    ``fn(rank, world, *args)`` on ``world`` spawned processes joined in a gloo group, and return
+    each rank's result (``spawned_ranks.run``). A rank that raises fails the test with its
+    traceback; ranks still running at the deadline are killed (a hang fails instead of blocking
+    the suite)."""
+    from spawned_ranks import run
+
+    def run_in_tmp(fn, *args, world=2, timeout=120):
+        return run(fn, *args, world=world, timeout=timeout, out=tmp_path_factory.mktemp(f"ranks-{fn.__name__}"))
+
+    return run_in_tmp

@@ -81,11 +81,16 @@ def save(out: Path, step: int, model, optimizer, data_generator: torch.Generator
         (tmp / TRAINER_JSON).write_text(json.dumps(record, indent=2))
 
     replace_directory(final, write)
-    fd, pointer = tempfile.mkstemp(dir=root, prefix=".latest.")
+    point_latest(final)
+    return final
+
+
+def point_latest(final: Path) -> None:
+    """Make ``<checkpoints>/latest`` name the complete checkpoint ``final`` (replaced atomically)."""
+    fd, pointer = tempfile.mkstemp(dir=final.parent, prefix=".latest.")
     with os.fdopen(fd, "w") as f:
         f.write(final.name)
-    os.replace(pointer, root / "latest")
-    return final
+    os.replace(pointer, final.parent / "latest")
 
 
 def latest(out: Path) -> Path | None:
@@ -129,6 +134,16 @@ class _Loaded:
     model_state: dict
     trainer: dict
 
+    def restore(self, model, optimizer, data_generator: torch.Generator) -> None:
+        """Put the read state into ``model``, ``optimizer`` and the generators (all read and checked before)."""
+        try:  # the optimizer checks its own structure before changing
+            optimizer.load_state_dict(_unflatten_optimizer(self.trainer, self.meta["optimizer"]))
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{self.path / TRAINER_TENSORS}: optimizer state does not fit ({exc})") from exc
+        model.load_state_dict(self.model_state, strict=True)
+        torch.set_rng_state(self.trainer["rng.torch"])
+        data_generator.set_state(self.trainer["rng.data"])
+
 
 def read(path: Path, model) -> _Loaded:
     """Read and check checkpoint ``path`` completely for ``model``; nothing is restored yet."""
@@ -162,20 +177,24 @@ def _differences(recorded: dict, settings: dict) -> list[str]:
             for k in keys if recorded.get(k) != settings.get(k)]
 
 
-def resume(out: Path, model, optimizer, data_generator: torch.Generator, settings: dict) -> dict | None:
+def resume(out: Path, model, optimizer, data_generator: torch.Generator, settings: dict, *, reader=None) -> dict | None:
     """Restore the newest readable checkpoint under ``out`` whose run had ``settings``.
 
     Returns its ``trainer.json`` values, or None when ``out`` has no checkpoint. Unreadable
     checkpoints are skipped (``CheckpointWarning`` naming each and why); none readable, or one
-    written with other settings, is a ``CheckpointError``.
+    written with other settings, is a ``CheckpointError``. ``reader(path)`` reads one checkpoint
+    completely (default ``read(path, model)``): it returns an object with ``meta`` (the
+    ``trainer.json`` values) and ``restore(model, optimizer, data_generator)``, or raises
+    ``CheckpointError`` / ``OSError`` when the checkpoint is unreadable.
     """
+    reader = reader or (lambda p: read(p, model))
     found = candidates(out)
     if not found:
         return None
     skipped = []
     for path in found:
         try:
-            loaded = read(path, model)
+            loaded = reader(path)
         except (CheckpointError, OSError) as exc:
             reason = str(exc).replace("\n", " ")
             skipped.append(f"{path.name} ({reason})")
@@ -185,13 +204,7 @@ def resume(out: Path, model, optimizer, data_generator: torch.Generator, setting
         if diff:
             raise CheckpointError(f"--resume: {path} belongs to a run with other settings ({'; '.join(diff)}); "
                                   f"resume with the same settings or choose another --out")
-        try:  # everything is read and checked; the optimizer checks its own structure before changing
-            optimizer.load_state_dict(_unflatten_optimizer(loaded.trainer, loaded.meta["optimizer"]))
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path / TRAINER_TENSORS}: optimizer state does not fit ({exc})") from exc
-        model.load_state_dict(loaded.model_state, strict=True)
-        torch.set_rng_state(loaded.trainer["rng.torch"])
-        data_generator.set_state(loaded.trainer["rng.data"])
+        loaded.restore(model, optimizer, data_generator)  # everything is read and checked
         return loaded.meta
     raise CheckpointError(f"--resume: no readable checkpoint in {Path(out) / 'checkpoints'} (skipped {'; '.join(skipped)}); "
                           f"delete that folder to start over")
@@ -200,8 +213,5 @@ def resume(out: Path, model, optimizer, data_generator: torch.Generator, setting
 def load(path: Path, model, optimizer, data_generator: torch.Generator) -> dict:
     """Restore model, optimizer and RNG states from checkpoint ``path`` (all or nothing); returns ``trainer.json``'s values."""
     loaded = read(path, model)
-    optimizer.load_state_dict(_unflatten_optimizer(loaded.trainer, loaded.meta["optimizer"]))
-    model.load_state_dict(loaded.model_state, strict=True)
-    torch.set_rng_state(loaded.trainer["rng.torch"])
-    data_generator.set_state(loaded.trainer["rng.data"])
+    loaded.restore(model, optimizer, data_generator)
     return loaded.meta

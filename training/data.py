@@ -74,15 +74,25 @@ def unigram_entropy(ids: list[int]) -> float:
 
 class TokenStream:
     """Random windows of ``seq_len`` tokens from one long token tensor, drawn with its own
-    generator so a resumed run sees the same batches (its state goes into the checkpoint)."""
+    generator so a resumed run sees the same batches (its state goes into the checkpoint).
 
-    def __init__(self, ids: list[int], seq_len: int, batch: int, seed: int = 0):
+    ``batch`` is the global batch. With ``world`` data-parallel ranks every rank draws the same
+    window starts (the generators stay equal) and keeps its own ``batch / world`` rows:
+    rank ``r`` the rows ``[r * batch / world, (r + 1) * batch / world)``, so the ranks together
+    see exactly the batch one process would.
+    """
+
+    def __init__(self, ids: list[int], seq_len: int, batch: int, seed: int = 0, *, rank: int = 0, world: int = 1):
         if len(ids) <= seq_len:
             raise ValueError(f"seq_len: expected fewer than the corpus' {len(ids)} tokens, got {seq_len}")
+        if batch % world:
+            raise ValueError(f"batch: expected a multiple of the {world} data-parallel ranks, got {batch}")
         self.ids = torch.tensor(ids, dtype=torch.long)
         self.seq_len, self.batch = seq_len, batch
+        self.rows = slice(rank * batch // world, (rank + 1) * batch // world)
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> torch.Tensor:
+        """This rank's rows of the next global batch: ``[batch / world, seq_len]``."""
         starts = torch.randint(0, len(self.ids) - self.seq_len, (self.batch,), generator=self.generator)
-        return torch.stack([self.ids[s:s + self.seq_len] for s in starts.tolist()])
+        return torch.stack([self.ids[s:s + self.seq_len] for s in starts[self.rows].tolist()])

@@ -3,7 +3,12 @@
     hysparse recipe list
     hysparse recipe run NAME --out DIR [--quick] [--steps N] [--seed S] [--task T]
                              [--model NAME | --init-from CKPT] [--resume] [--no-progress]
-                             [--eval-n N] [--num-draft K] [--threads T]
+                             [--eval-n N] [--num-draft K] [--threads T] [--nproc N]
+
+``--nproc N`` runs an RL recipe data-parallel on N local processes (it resolves the warm start
+here, then execs ``torchrun --standalone --nproc-per-node N -m hysparse_kernels.training.rl``
+with the same options); ``torchrun ... -m hysparse_kernels.training.rl run NAME ...`` works on
+several nodes too.
 
 A run writes ``DIR/config.json``, ``metrics.jsonl``, ``curves.png``, ``checkpoints/``,
 ``final/`` and ``eval.json`` (held-out success of the starting and final checkpoints).
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 
 
 def add_arguments(parser) -> None:
@@ -34,6 +41,8 @@ def add_arguments(parser) -> None:
                    help="torch intra-op threads (default 1: tiny models gain little from more, and lose much on a busy machine)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run on N local processes with torchrun (data parallel, RL recipes only)")
 
 
 def build_config(recipe, args):
@@ -77,7 +86,13 @@ def run(args) -> int:
     if cfg.task not in recipe.tasks:
         raise ValueError(f"--task: recipe {recipe.name!r} runs on {list(recipe.tasks)}, got {cfg.task!r}")
     _quiet_warnings()
+    if args.nproc is not None:
+        _exec_torchrun(args, recipe, cfg)
     if recipe.run is not None:
+        from .distributed import launched
+
+        if launched() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise ValueError(f"recipe: {recipe.name!r} runs in one process only (the RL recipes run on several)")
         summary = recipe.run(args, recipe, cfg)
     else:
         from .trainer import resolve_init, train_rl
@@ -85,8 +100,36 @@ def run(args) -> int:
         init = resolve_init(cfg, progress=not args.no_progress)
         summary = train_rl(cfg, args.out, init=init, rewards=recipe.rewards, resume=args.resume,
                            progress=not args.no_progress, recipe_name=recipe.name)
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
+
+
+def _exec_torchrun(args, recipe, cfg) -> None:
+    """Replace this process by ``torchrun`` running the same recipe on ``args.nproc`` ranks, the
+    warm start resolved first (so the ranks do not each build it)."""
+    from .distributed import launched
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc: expected a positive int, got {args.nproc}")
+    if launched():
+        raise ValueError("--nproc: already running under torchrun (it started the processes)")
+    if recipe.run is not None:
+        raise ValueError(f"--nproc: recipe {recipe.name!r} runs in one process only (the RL recipes run on several)")
+    from .trainer import resolve_init
+
+    init = resolve_init(cfg, progress=not args.no_progress)
+    flags = [args.name, "--out", args.out, "--init-from", init, "--task", cfg.task, "--threads", str(args.threads)]
+    for flag in ("quick", "resume", "no_progress"):
+        flags += [f"--{flag.replace('_', '-')}"] * bool(getattr(args, flag))
+    for flag in ("steps", "seed", "eval_n", "num_draft"):
+        if getattr(args, flag) is not None:
+            flags += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+            "-m", "hysparse_kernels.training.rl", "run", *flags]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # torchrun takes this process's place (its exit status is ours)
 
 
 def _quiet_warnings() -> None:

@@ -9,8 +9,34 @@ mean over ranks), and only the main rank writes files.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
+
+
+def launched() -> bool:
+    """True in a process started by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup() -> bool:
+    """Join the process group ``torchrun`` describes when launched by it and none is initialised
+    yet (gloo, or nccl with CUDA); returns True when this call created it (``teardown`` ends it)."""
+    if not launched() or dist.is_initialized():
+        return False
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def teardown(owned: bool) -> None:
+    if owned and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        dist.barrier()
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -30,7 +56,8 @@ def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model)
+    # The MTP blocks take no part in the policy's forward: their parameters get no gradient.
+    return DistributedDataParallel(model, find_unused_parameters=True)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,3 +80,20 @@ def reduce_metrics(metrics: dict) -> dict:
 def rank_seed(seed: int) -> int:
     """The generator seed of this rank's prompts and rollouts."""
     return seed + 1_000_003 * rank_and_world()[0]
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of this rank's generator at ``step`` when there are several ranks."""
+    return rank_seed(seed) + 7_919 * (step + 1)
+
+
+def share_of_global(units: float) -> float:
+    """``units * world / sum over ranks of units``: the weight that turns this rank's mean over
+    its ``units`` (rows or tokens of a minibatch) into its part of the mean over every rank's,
+    once DDP divides the summed gradients by ``world`` (1.0 in one process)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return 1.0
+    total = torch.tensor([float(units)], dtype=torch.float64)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(units) * world / float(total) if float(total) > 0 else 0.0

@@ -16,9 +16,13 @@ optimizer, torch RNG and the rollout generator) are written atomically by
 ``training.checkpoint``; ``resume=True`` continues from the newest and reproduces the
 uninterrupted run's metrics (timings aside).
 
-Data parallel: prompts and rollouts are per rank (generator seeded by ``(seed, rank)``),
-gradients are averaged by the ``distributed.wrap_model`` wrapper, metrics pass through
-``distributed.reduce_metrics``, and only the main rank writes.
+Data parallel (``torchrun``, ``distributed.py``): prompts and rollouts are per rank (generator
+seeded by ``(seed, rank, step)``), each minibatch's loss is weighted by the rank's share of the
+global minibatch and DDP averages the gradients, so an update equals one process's update on
+the union of every rank's rollouts (advantages whose statistics span the whole batch, such as
+``reinforce_pp_baseline``'s, are taken over each rank's batch); metrics pass through
+``distributed.reduce_metrics``; only the main rank writes and evaluates. Dynamic sampling runs
+in one process only.
 """
 
 from __future__ import annotations
@@ -185,7 +189,23 @@ class Trainer:
         return examples, rollouts, verdicts, stats
 
     def step(self, step: int) -> dict:
+        """One step: ``collect`` this rank's rollouts, then ``update`` the policy on them."""
+        rollouts = self.collect(step)
+        metrics = rollouts.pop("metrics")
+        if not rollouts["rollouts"]:  # dynamic sampling kept nothing: no update this step
+            metrics.update({"t_logprob": 0.0, "t_backward": 0.0, "t_optimizer": 0.0, "skipped": 1})
+            return metrics
+        metrics.update(self.update(step, **rollouts))
+        return metrics
+
+    def collect(self, step: int) -> dict:
+        """This rank's rollouts of one step: ``examples``, ``rollouts``, ``verdicts`` and ``groups``
+        (the prompt index of each rollout, lists of ``N``) and their ``metrics``. On several ranks
+        the generator is first seeded by ``(seed, rank, step)``, so every rank rolls out other
+        prompts and a resumed run draws what the uninterrupted one drew."""
         cfg = self.cfg
+        if distributed.rank_and_world()[1] > 1:
+            self.generator.manual_seed(distributed.step_seed(cfg.seed, step))
         t0 = time.perf_counter()
         examples, rollouts, verdicts, groups = [], [], [], []
         model_tokens, roll_s, rounds, accept = 0, 0.0, 0, []
@@ -211,15 +231,20 @@ class Trainer:
                 idx = [i for i in range(len(rollouts)) if kept[i]][:cfg.prompts_per_step * cfg.group_size]
                 examples, rollouts, verdicts, groups = ([x[i] for i in idx] for x in (examples, rollouts, verdicts, groups))
                 break
-        t_roll = time.perf_counter() - t0
         metrics = self._rollout_metrics(*first)
         metrics.update({"tokens_per_s": model_tokens / roll_s if roll_s else 0.0, "sampling_rounds": rounds,
-                        "kept_rollouts": len(rollouts)})
+                        "kept_rollouts": len(rollouts), "t_rollout": time.perf_counter() - t0})
         if cfg.num_draft:
             metrics["acceptance_length"] = sum(accept) / len(accept)
-        if not rollouts:  # dynamic sampling kept nothing: no update this step
-            metrics.update({"t_rollout": t_roll, "t_logprob": 0.0, "t_backward": 0.0, "t_optimizer": 0.0, "skipped": 1})
-            return metrics
+        return {"examples": examples, "rollouts": rollouts, "verdicts": verdicts, "groups": groups, "metrics": metrics}
+
+    def update(self, step: int, examples: list, rollouts: list, verdicts: list, groups: list) -> dict:
+        """Rewards, advantages, old (and reference) log-probs of ``rollouts`` (``N`` >= 1, with
+        their ``examples``, ``verdicts`` and prompt ``groups``), then ``minibatches`` optimizer steps.
+        On several ranks each minibatch's loss is weighted by this rank's share of the global
+        minibatch (rows, or tokens for ``token-mean``), so the gradient DDP averages is that of one
+        process over the union of every rank's minibatch. Returns the update's metrics."""
+        cfg = self.cfg
         batch = collate(rollouts, self.tok.pad)
         mask = batch["response_mask"]
         ctx = StepContext(self.task, examples, rollouts, verdicts, batch, self.tok, cfg)
@@ -248,8 +273,10 @@ class Trainer:
             L = mb["response"].shape[1]
             loss, m = policy_objective(logp, old[idx, :L], adv[idx, :L], mb["response_mask"], self.algo,
                                        ref_logp=None if ref is None else ref[idx, :L], entropy=ent)
+            units = mb["response_mask"].sum() if cfg.aggregation == "token-mean" else len(idx)
+            share = distributed.share_of_global(float(units))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if share != 1.0 else loss).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
             t3 = time.perf_counter()
             for group in self.optimizer.param_groups:
@@ -259,10 +286,9 @@ class Trainer:
             t_bwd += t3 - t2
             for k, v in {**m, "loss": loss.detach(), "grad_norm": grad_norm}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(parts)
-        metrics.update(sums)
-        metrics.update({"logprob_gap": gap, "lr": _lr(cfg, step), "advantage_abs": float((adv.abs() * mask).sum() / mask.sum().clamp(min=1)),
-                        "t_rollout": t_roll, "t_logprob": t_logprob, "t_backward": t_bwd, "t_optimizer": t_opt})
-        return metrics
+        return {**sums, "logprob_gap": gap, "lr": _lr(cfg, step),
+                "advantage_abs": float((adv.abs() * mask).sum() / mask.sum().clamp(min=1)),
+                "t_logprob": t_logprob, "t_backward": t_bwd, "t_optimizer": t_opt}
 
     def _rollout_metrics(self, verdicts, rollouts) -> dict:
         n = len(verdicts)
@@ -294,11 +320,25 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
              stop_after: int | None = None, recipe_name: str | None = None) -> dict:
     """Run RL from checkpoint ``init`` into ``out``; see the module docstring. ``stop_after``
     ends the run after that many steps, as a crash would (for resume tests). Returns a summary."""
-    out = Path(out)
+    owned = distributed.setup()
+    try:
+        return _train_rl(cfg, Path(out), init, rewards, resume, progress, stop_after, recipe_name)
+    finally:
+        distributed.teardown(owned)
+
+
+def _train_rl(cfg: RLConfig, out: Path, init: str, rewards, resume: bool, progress: bool, stop_after: int | None,
+              recipe_name: str | None) -> dict:
     main = distributed.is_main()
+    world = distributed.rank_and_world()[1]
+    if world > 1 and cfg.dynamic_sampling:
+        raise ValueError(f"dynamic_sampling: not supported on several ranks yet (got {world} ranks): "
+                         "ranks would keep different numbers of rollouts")
     config = {**dataclasses.asdict(cfg), "init": str(init)}
     settings = run_settings(config)
-    runs.prepare_out(out, resume, config)
+    if main:
+        runs.prepare_out(out, resume, config)
+    distributed.barrier()
     trainer = Trainer(cfg, init, rewards)
     metrics_path = out / "metrics.jsonl"
     start = 0
@@ -312,12 +352,13 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
         torch.manual_seed(cfg.seed)
         if main and metrics_path.exists():
             metrics_path.unlink()
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 writes again
     if main:
         runs.write_json(out / "config.json", config)
     eval_path = out / "eval.json"
-    report = runs.read_json(eval_path) if resume else None
-    if report is None or report.get("before") is None:
-        before = trainer.evaluate()
+    report = runs.read_json(eval_path) if resume and main else None
+    if main and (report is None or report.get("before") is None):
+        before = trainer.evaluate()  # the main rank evaluates; the others wait in the first step's all-reduce
         report = {"recipe": recipe_name or cfg.recipe, "task": cfg.task, "metric": "success", "before": before,
                   "after": None, "n_eval": cfg.eval_n, "split": cfg.eval_split, "init": str(init)}
         if main:
@@ -341,6 +382,8 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
         bar.close()
     if end < cfg.steps:
         return {"stopped_at": end}
+    if not main:
+        return {"rank": distributed.rank_and_world()[0], "out": str(out)}
     after = trainer.evaluate()
     report["after"] = after
     if main:
