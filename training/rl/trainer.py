@@ -110,7 +110,11 @@ class RLConfig:
 @dataclass
 class StepContext:
     """What a recipe's ``rewards`` hook sees: the task, the rollouts and their examples, verdicts
-    and collated tensors (``rollout.collate``), and the tokenizer."""
+    and collated tensors (``rollout.collate``), and the tokenizer.
+
+    The hook may also fill in ``step_ids [N, L]`` (a reasoning-step id per response token, -1:
+    none) and ``extra`` (anything its advantage estimator reads), which the trainer hands to the
+    estimator in ``AdvantageInput``, and ``metrics`` (floats added to the step's metrics row)."""
 
     task: object
     examples: list
@@ -119,6 +123,9 @@ class StepContext:
     batch: dict
     tokenizer: ByteTokenizer
     config: RLConfig
+    step_ids: torch.Tensor | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
 
 
 def default_rewards(ctx: StepContext) -> torch.Tensor:
@@ -155,12 +162,13 @@ def _lr(cfg: RLConfig, step: int) -> float:
 class Trainer:
     """Holds the policy, reference, optimizer, task and generator of one run."""
 
-    def __init__(self, cfg: RLConfig, init: str, rewards=None):
+    def __init__(self, cfg: RLConfig, init: str, rewards=None, eval_judge=None):
         cfg.validate()
         self.cfg = cfg
         self.task = get_task(cfg.task, cfg.task_seed)
         self.tok = ByteTokenizer()
         self.rewards = rewards or default_rewards
+        self.eval_judge = eval_judge
         policy = load_pretrained(init)
         self.policy = policy
         self.model = distributed.wrap_model(policy)
@@ -228,7 +236,9 @@ class Trainer:
             pen = overlong_penalty(mask.sum(-1), self.params.max_new_tokens, cfg.overlong_buffer, cfg.overlong_factor)
             token_rewards = token_rewards + outcome_rewards(pen, mask.double())
         adv = get_advantage(cfg.advantage)(
-            AdvantageInput(token_rewards, mask.double(), torch.tensor(groups), batch["turn_ids"]), self.algo)
+            AdvantageInput(token_rewards, mask.double(), torch.tensor(groups), batch["turn_ids"], ctx.step_ids, ctx.extra),
+            self.algo)
+        metrics.update({k: float(v) for k, v in ctx.metrics.items()})
 
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -276,7 +286,7 @@ class Trainer:
     def evaluate(self, model=None) -> dict:
         cfg = self.cfg
         return evaluate(model or self.policy, self.task, split=cfg.eval_split, n=cfg.eval_n, temperature=cfg.temperature,
-                        top_p=cfg.top_p, samples=cfg.eval_samples)
+                        top_p=cfg.top_p, samples=cfg.eval_samples, judge=self.eval_judge)
 
 
 def _rows(batch: dict, idx: torch.Tensor) -> dict:
@@ -291,15 +301,16 @@ def _rows(batch: dict, idx: torch.Tensor) -> dict:
 
 
 def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = False, progress: bool = True,
-             stop_after: int | None = None, recipe_name: str | None = None) -> dict:
+             stop_after: int | None = None, recipe_name: str | None = None, eval_judge=None) -> dict:
     """Run RL from checkpoint ``init`` into ``out``; see the module docstring. ``stop_after``
-    ends the run after that many steps, as a crash would (for resume tests). Returns a summary."""
+    ends the run after that many steps, as a crash would (for resume tests). ``eval_judge``: extra
+    held-out metrics (see ``evaluate.evaluate``'s ``judge``). Returns a summary."""
     out = Path(out)
     main = distributed.is_main()
     config = {**dataclasses.asdict(cfg), "init": str(init)}
     settings = run_settings(config)
     runs.prepare_out(out, resume, config)
-    trainer = Trainer(cfg, init, rewards)
+    trainer = Trainer(cfg, init, rewards, eval_judge)
     metrics_path = out / "metrics.jsonl"
     start = 0
     if main:
@@ -348,6 +359,6 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
         runs.write_json(eval_path, report)
         runs.plot_curves(metrics_path, out / "curves.png",
                          ["reward", "success", "kl", "entropy", "response_len", "clip_frac", "tokens_per_s", "pg_loss",
-                          "grad_norm"], title=f"{recipe_name or cfg.recipe} on {cfg.task}")
+                          "grad_norm", "rate_wrong", "rate_abstain", "step_faithfulness"], title=f"{recipe_name or cfg.recipe} on {cfg.task}")
     return {"before": report["before"]["success"], "after": after["success"], "out": str(out)}
 
