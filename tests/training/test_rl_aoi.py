@@ -23,6 +23,22 @@ def test_passes_gymnasium_checker():
     check_env(AoIEnv(), skip_render_check=True)
 
 
+def test_a_threshold_policy_reads_as_one_in_idle_actions():
+    policy = aoi.UpdatePolicy()
+    # hand-set weights: wait logit 0, transmit logit tanh(tanh(age / 64)) - tanh(tanh(4.5 / 64)),
+    # positive from age 5 on
+    with torch.no_grad():
+        for layer in policy.net:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        policy.net[0].weight[0, 0] = 1.0
+        policy.net[2].weight[0, 0] = 1.0
+        policy.net[4].weight[1, 0] = 1.0
+        policy.net[4].bias[1] = -float(torch.tanh(torch.tanh(torch.tensor(4.5 / 64))))
+    assert aoi.idle_actions(policy, 64) == [0] * 4 + [1] * 60
+
+
 def test_dynamics_by_hand():
     # delay 2, no erasure, λ = 2, start age 1. Transmit at slot 0, wait, transmit at 2 (idle again).
     env = AoIEnv(FIXED)
@@ -102,6 +118,7 @@ def test_aoi_recipe_end_to_end(tmp_path):
     best = max(report["sweeps"]["threshold"], key=lambda r: r["reward"])
     assert report["baselines"]["threshold"]["tau"] == best["value"]
     assert summary["after"] == report["after"]["reward"]
+    assert len(report["after"]["idle_actions"]) == 64 and set(report["after"]["idle_actions"]) <= {0, 1}
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="--out"):
         recipe.run(SimpleNamespace(out=str(out), resume=False, no_progress=True), recipe, cfg)

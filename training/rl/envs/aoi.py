@@ -76,7 +76,7 @@ class AoIEnv(gym.Env):
     def busy(self) -> bool:
         return self.remaining > 0
 
-    def _obs(self) -> np.ndarray:
+    def observation(self) -> np.ndarray:
         c = self.config
         return np.array([min(self.age, c.max_age) / c.max_age, float(self.busy), self.elapsed / max(c.delays)],
                         dtype=np.float32)
@@ -88,7 +88,7 @@ class AoIEnv(gym.Env):
             raise ValueError(f"options['age']: expected a positive int, got {age}")
         self.age, self.t = age, 0
         self.remaining, self.elapsed, self.erased = 0, 0, False
-        return self._obs(), {"age": self.age, "idle": True}
+        return self.observation(), {"age": self.age, "idle": True}
 
     def step(self, action):
         if action not in (0, 1):
@@ -113,7 +113,7 @@ class AoIEnv(gym.Env):
         self.t += 1
         reward = -(self.age + c.cost_weight * cost)
         info = {"age": self.age, "cost": cost, "delivered": delivered, "idle": not self.busy}
-        return self._obs(), float(reward), False, self.t >= c.horizon, info
+        return self.observation(), float(reward), False, self.t >= c.horizon, info
 
 
 # ------------------------------------------------------------------------------- baselines

@@ -117,9 +117,17 @@ def greedy(policy: UpdatePolicy):
 
     def act(env) -> int:
         with torch.no_grad():
-            return int(policy(torch.from_numpy(env._obs())[None]).argmax(-1))
+            return int(policy(torch.from_numpy(env.observation())[None]).argmax(-1))
 
     return act
+
+
+def idle_actions(policy: UpdatePolicy, max_age: int) -> list[int]:
+    """The greedy action (1: transmit) of ``policy`` with an idle channel at ages ``1..max_age``
+    (a threshold policy reads ``0 ... 0 1 ... 1``)."""
+    obs = torch.tensor([[a / max_age, 0.0, 0.0] for a in range(1, max_age + 1)])
+    with torch.no_grad():
+        return policy(obs).argmax(-1).tolist()
 
 
 def train(cfg, config, out, progress: bool = True) -> tuple[UpdatePolicy, list[dict]]:
@@ -209,7 +217,7 @@ def run(args, recipe, cfg) -> dict:
     results = {name: run_policy(p, config, episodes, EVAL_SEED, trace=True) for name, p in policies.items()}
     traces = {name: (r.pop("ages"), r) for name, r in results.items()}
     report = {"recipe": recipe.name, "task": "aoi", "metric": "reward", "before": before,
-              "after": results["learned (greedy)"],
+              "after": {**results["learned (greedy)"], "idle_actions": idle_actions(policy, config.max_age)},
               "baselines": {"zero_wait": results["zero-wait"], "fixed_period": {"period": period, **results[f"fixed period {period}"]},
                             "threshold": {"tau": tau, **results[f"threshold {tau}"]}},
               "sweeps": {"threshold": tau_table, "fixed_period": period_table}, "n_eval": episodes,
