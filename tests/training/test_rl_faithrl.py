@@ -13,7 +13,7 @@ from hysparse_kernels.training.data import ByteTokenizer
 from hysparse_kernels.training.rl.algos import AdvantageInput, AlgoConfig, get_advantage
 from hysparse_kernels.training.rl.policy import build_policy
 from hysparse_kernels.training.rl.recipes import faithrl, get_recipe
-from hysparse_kernels.training.rl.rollout import Rollout, collate
+from hysparse_kernels.training.rl.rollout import collate
 from hysparse_kernels.training.rl.tasks import get_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
@@ -101,28 +101,7 @@ def test_faithrl_advantage_by_hand():
                                                 extra={"step_supported": torch.ones(3, 2)}), AlgoConfig())
 
 
-def rollout_of(prompt: str, turns: list[tuple[str, str | None]]) -> Rollout:
-    """A rollout as the engine records it: each turn's model text, then its observation."""
-    tok = ByteTokenizer()
-    r = Rollout(prompt=tok.encode(prompt, bos=True))
-    for k, (text, obs) in enumerate(turns):
-        ids = tok.encode(text)
-        r.tokens += ids
-        r.logprobs += [-1.0] * len(ids)
-        r.mask += [1] * len(ids)
-        r.turn += [k] * len(ids)
-        r.turn_texts.append(text)
-        if obs is not None:
-            o = tok.encode(obs)
-            r.tokens += o
-            r.logprobs += [0.0] * len(o)
-            r.mask += [0] * len(o)
-            r.turn += [k] * len(o)
-            r.observations.append(obs)
-    return r
-
-
-def test_reward_hook_on_rollouts():
+def test_reward_hook_on_rollouts(rollout_of):
     ex = pick(True, 2)
     start, (r1, r2), chain = ex.meta["start"], ex.meta["path"], ex.meta["chain"]
     wrong = next(p for p in TASK.base.entities if p != ex.answer)

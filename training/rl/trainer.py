@@ -359,6 +359,7 @@ def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = Fals
         runs.write_json(eval_path, report)
         runs.plot_curves(metrics_path, out / "curves.png",
                          ["reward", "success", "kl", "entropy", "response_len", "clip_frac", "tokens_per_s", "pg_loss",
-                          "grad_norm", "rate_wrong", "rate_abstain", "step_faithfulness"], title=f"{recipe_name or cfg.recipe} on {cfg.task}")
+                          "grad_norm", "rate_wrong", "rate_abstain", "step_faithfulness", "reward_var",
+                          "zero_var_groups"], title=f"{recipe_name or cfg.recipe} on {cfg.task}")
     return {"before": report["before"]["success"], "after": after["success"], "out": str(out)}
 

@@ -177,8 +177,8 @@ def plot_ages(traces: dict, png, title: str) -> None:
     for ax, (name, (ages, stats)) in zip(axes[:, 0], traces.items()):
         ax.step(range(1, len(ages) + 1), ages, where="post", lw=1.0)
         ax.set_ylabel("AoI")
-        ax.set_title(f"{name}: mean AoI {stats['aoi']:.2f}, cost {stats['cost']:.3f}/slot, reward {stats['reward']:.2f}",
-                     fontsize=9)
+        ax.set_title(f"{name}: over {stats['episodes']} episodes, mean AoI {stats['aoi']:.2f}, "
+                     f"cost {stats['cost']:.3f}/slot, reward {stats['reward']:.2f}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("slot")
     fig.suptitle(title, fontsize=10)
