@@ -1,7 +1,8 @@
 """Paper recipes against their baselines, same seeds, steps and starting checkpoint: the tables of
 ``bench/RESULTS_recipes.md``.
 
-    python bench/recipes_compare.py faithrl [--seeds 0 1 2] [--out bench/out/recipes] [--run]
+    python bench/recipes_compare.py faithrl [--seeds 0 1 2] [--out bench/out/recipes] [--run] [--ablation]
+    python bench/recipes_compare.py tspo    [--seeds 0 1 2] [--out bench/out/recipes] [--run]
     python bench/recipes_compare.py aoi     [--seeds 0 1 2] [--out bench/out/recipes] [--run]
 
 ``faithrl``: ``faithrl --quick`` vs ``grpo --quick`` on lookup (run directories
@@ -10,7 +11,12 @@ user would, with ``--threads 1``). Both arms are judged by the same function: he
 hallucination (wrong or no answer), abstention, step faithfulness (``LookupQA.judge_steps`` on
 the sampled held-out rollouts; the grpo arm's final checkpoints are re-evaluated for it, with the
 evaluation's own seed, and the rates must agree with its ``eval.json``) and THS against the
-x0, y0 the faithrl runs measured on the dev split at step 0.
+x0, y0 the faithrl runs measured on the dev split at step 0. ``--ablation`` adds a third arm,
+faithrl with α = 1 (the geometric reward without the step modulation), trained in-process.
+
+``tspo``: ``tspo --quick`` vs ``grpo --quick`` (outcome reward only) on the same multi-turn lookup
+task: held-out success, and from the tspo runs' ``metrics.jsonl`` the within-group variance and
+zero-variance group share of both rewards on the same rollouts.
 
 ``aoi``: ``aoi --quick`` per seed (``aoi-quick-s{seed}``): the learned policy's per-slot reward,
 AoI and cost against zero-wait, the best fixed period and the best threshold.
@@ -58,15 +64,37 @@ def faith_metrics(run_dir: Path, ref: dict) -> tuple[dict, dict]:
             again = evaluate(load_pretrained(path), task, split=report["split"], n=report["n_eval"],
                              samples=r["samples"], temperature=r["temperature"], top_p=r["top_p"], greedy=False,
                              judge=judge_for(task))
-            for k in ("rate_correct", "rate_wrong", "rate_abstain"):
-                if abs(again[k] - r[k]) > 0.03:
-                    print(f"warning: {run_dir} {key}: re-evaluated {k} {again[k]:.4f} vs eval.json {r[k]:.4f}")
+            gap = max(abs(again[k] - r[k]) for k in ("rate_correct", "rate_wrong", "rate_abstain", "rate_invalid"))
+            print(f"{run_dir.name} {key}: re-evaluated for step faithfulness; largest rate difference to its "
+                  f"eval.json {gap:.4f}{'  WARNING: not the same rollouts' if gap > 0.03 else ''}")
             r["step_faithfulness"] = again["step_faithfulness"]
             r["step_faithfulness_reevaluated"] = True
         r["rate_hallucination"] = hallucination_rate(r)
         r["ths"] = ths(r["rate_correct"], r["rate_hallucination"], ref["x0"], ref["y0"])
         out.append(r)
     return out[0], out[1]
+
+
+def run_faithrl_alpha1(seed: int, out: Path, ref: dict) -> None:
+    """The ablation arm: ``faithrl --quick`` with α = 1 (the geometric reward alone, no step
+    modulation), from the same warm start and reference x0, y0."""
+    from types import SimpleNamespace
+
+    from hysparse_kernels.training.rl.cli import build_config
+    from hysparse_kernels.training.rl.recipes import get_recipe
+    from hysparse_kernels.training.rl.recipes.faithrl import FaithRewards, judge_for
+    from hysparse_kernels.training.rl.tasks import get_task
+    from hysparse_kernels.training.rl.trainer import resolve_init, train_rl
+
+    recipe = get_recipe("faithrl")
+    flags = dict(quick=True, task="lookup", steps=None, seed=seed, model=None, init_from=None, num_draft=None, eval_n=None)
+    cfg = build_config(recipe, SimpleNamespace(**flags))
+    init = resolve_init(cfg, progress=False)
+    if str(init) != ref["init"]:
+        raise ValueError(f"init: the reference was measured on {ref['init']}, this run starts from {init}")
+    print(f"$ faithrl --quick --seed {seed} with alpha = 1 -> {out}", flush=True)
+    train_rl(cfg, out, init=init, rewards=FaithRewards(ref["x0"], ref["y0"], alpha=1.0), progress=False,
+             recipe_name="faithrl-alpha1", eval_judge=judge_for(get_task("lookup", cfg.task_seed)))
 
 
 def faithrl(args) -> None:
@@ -77,7 +105,14 @@ def faithrl(args) -> None:
             if args.run and not (d / "eval.json").exists():
                 run_recipe(recipe, seed, d, "lookup")
     ref = json.loads((root / f"faithrl-lookup-quick-s{args.seeds[0]}" / "reference.json").read_text())
-    rows = {"grpo": [], "faithrl": []}
+    arms = ["grpo", "faithrl"]
+    if args.ablation:
+        arms.append("faithrl_a1")
+        for seed in args.seeds:
+            d = root / f"faithrl_a1-lookup-quick-s{seed}"
+            if not (d / "eval.json").exists() or json.loads((d / "eval.json").read_text()).get("after") is None:
+                run_faithrl_alpha1(seed, d, ref)
+    rows = {a: [] for a in arms}
     before = None
     for seed in args.seeds:
         for recipe in rows:
@@ -92,16 +127,49 @@ def faithrl(args) -> None:
           f"x0 = {ref['x0']:.4f}, y0 = {ref['y0']:.4f} (dev, n {ref['n']} x {ref['samples']} samples)")
     keys = [("rate_correct", "accuracy"), ("rate_hallucination", "hallucination"), ("rate_abstain", "abstention"),
             ("step_faithfulness", "step faithfulness"), ("ths", "THS"), ("success_greedy", "greedy accuracy")]
-    print(f"\n| held-out metric | start | grpo --quick after | faithrl --quick after |")
-    print("|---|---|---|---|")
+    names = {"grpo": "grpo --quick after", "faithrl": "faithrl --quick after", "faithrl_a1": "faithrl, α = 1, after"}
+    print(f"\n| held-out metric | start | {' | '.join(names[a] for a in arms)} |")
+    print("|---|---|" + "---|" * len(arms))
     for key, label in keys:
-        print(f"| {label} | {before[key]:.3f} | {fmt([r['after'][key] for r in rows['grpo']])} | "
-              f"{fmt([r['after'][key] for r in rows['faithrl']])} |")
+        print(f"| {label} | {before[key]:.3f} | " + " | ".join(fmt([r['after'][key] for r in rows[a]]) for a in arms) + " |")
     print("\nper seed, faithrl minus grpo:")
     for i, seed in enumerate(args.seeds):
         g, f = rows["grpo"][i]["after"], rows["faithrl"][i]["after"]
         print(f"  seed {seed}: accuracy {f['rate_correct'] - g['rate_correct']:+.4f}, hallucination "
               f"{f['rate_hallucination'] - g['rate_hallucination']:+.4f}, THS {f['ths'] - g['ths']:+.4f}")
+
+
+def tspo(args) -> None:
+    root = Path(args.out)
+    for seed in args.seeds:
+        for recipe in ("grpo", "tspo"):
+            d = root / f"{recipe}-lookup-quick-s{seed}"
+            if args.run and not (d / "eval.json").exists():
+                run_recipe(recipe, seed, d, "lookup")
+    ev = {r: [json.loads((root / f"{r}-lookup-quick-s{s}" / "eval.json").read_text()) for s in args.seeds]
+          for r in ("grpo", "tspo")}
+    inits = {Path(e["init"]).parent.name for es in ev.values() for e in es}
+    print(f"\nstarting checkpoint(s): {sorted(inits)}; start held-out success {ev['grpo'][0]['before']['success']:.3f}")
+    print("\n| held-out metric | start | grpo --quick after | tspo --quick after |")
+    print("|---|---|---|---|")
+    for key, label in (("success", "success (sampled)"), ("success_greedy", "success (greedy)"),
+                       ("success_hops1", "success, 1 hop"), ("success_hops2", "success, 2 hops"),
+                       ("success_hops3", "success, 3 hops"), ("rate_wrong", "wrong"), ("rate_abstain", "abstain")):
+        print(f"| {label} | {ev['grpo'][0]['before'][key]:.3f} | {fmt([e['after'][key] for e in ev['grpo']])} | "
+              f"{fmt([e['after'][key] for e in ev['tspo']])} |")
+    rows = [[json.loads(x) for x in (root / f"tspo-lookup-quick-s{s}" / "metrics.jsonl").read_text().splitlines()]
+            for s in args.seeds]
+    print("\ntspo runs, mean over the steps of each seed (same rollouts, two rewards):\n")
+    print("| per step | outcome reward only | TSPO (FOLR + outcome) |")
+    print("|---|---|---|")
+    for a, b, label in (("outcome_reward_var", "reward_var", "within-group reward variance"),
+                        ("outcome_zero_var_groups", "zero_var_groups", "share of zero-variance groups")):
+        print(f"| {label} | {fmt([statistics.mean(r[a] for r in rs) for rs in rows])} | "
+              f"{fmt([statistics.mean(r[b] for r in rs) for rs in rows])} |")
+    print(f"\nrollouts whose observations showed the gold answer: "
+          f"{fmt([statistics.mean(r['folr_rate'] for r in rs) for rs in rows])}")
+    for i, seed in enumerate(args.seeds):
+        print(f"  seed {seed}: tspo minus grpo success {ev['tspo'][i]['after']['success'] - ev['grpo'][i]['after']['success']:+.4f}")
 
 
 def aoi(args) -> None:
@@ -131,15 +199,16 @@ def aoi(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", choices=["faithrl", "aoi"])
+    parser.add_argument("recipe", choices=["faithrl", "tspo", "aoi"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="bench/out/recipes")
     parser.add_argument("--run", action="store_true", help="train the runs that are missing")
+    parser.add_argument("--ablation", action="store_true", help="faithrl: also the α = 1 arm (trained when missing)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    {"faithrl": faithrl, "aoi": aoi}[args.recipe](args)
+    {"faithrl": faithrl, "tspo": tspo, "aoi": aoi}[args.recipe](args)
     return 0
 
 
