@@ -74,11 +74,12 @@ class MTPBlock(nn.Module):
         e, h = emb_norm(tok_emb), hidden_norm(h_prev)
         return proj(torch.cat([e, h] if self.emb_first else [h, e], dim=-1))
 
-    def forward(self, h_prev: Tensor, tok_emb: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h_prev: Tensor, tok_emb: Tensor, positions: Tensor, cache=None) -> tuple[Tensor, Tensor]:
         """h_prev, tok_emb ``[B, S, D]``, positions ``[B, S]`` -> (hidden for the next block,
-        normed hidden for the LM head)."""
+        normed hidden for the LM head). ``cache``: a ``KVCache`` holding this block's layer (its
+        keys so far), for drafting position by position; ``None`` attends within the call."""
         x = self.combine(h_prev, tok_emb, positions)
-        step = Step(positions=positions)
+        step = Step(positions=positions, cache=cache)
         x = x + self.self_attn(self.input_layernorm(x), step)
         x = x + self.mlp(getattr(self, self._names[3])(x))
         return x, self.final_layernorm(x)

@@ -142,13 +142,13 @@ def test_decoding_a_small_model_runs_on_one_thread(monkeypatch):
     monkeypatch.setenv("HYSPARSE_TVM_DYNAMIC", "0")  # whatever else runs on this machine
     model = build_model("tiny-mimo-7b").eval()
     seen = []
-    real = model.forward
+    real = model.hidden_states  # generate's forward: hidden states, then logits of the last position
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(model, "hidden_states", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -19,30 +19,9 @@ from pathlib import Path
 import torch
 
 from hysparse_kernels.models.audio.io import load_checkpoint, save_checkpoint
-
-
-def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{key}"] = value.contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optimizer_state(tensors: dict, meta: dict) -> dict:
-    state: dict = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+# the optimizer's state as flat tensors + JSON scalars, as pretraining checkpoints keep it
+from hysparse_kernels.training.checkpoint import _flatten_optimizer as _optimizer_tensors
+from hysparse_kernels.training.checkpoint import _unflatten_optimizer as _optimizer_state
 
 
 def save(out, step: int, model, optimizer, extra: dict | None = None) -> Path:

@@ -31,7 +31,6 @@ import torch
 from torch import Tensor
 
 from hysparse_kernels.models import KVCache
-from hysparse_kernels.models.layers import Step
 from hysparse_kernels.models.mtp import mtp_layer_spec
 from .kvrows import take_rows
 from .sampling import OUTSIDE_NUCLEUS, policy_logprobs, sample_from
@@ -118,10 +117,7 @@ class Drafter:
         """MTP block ``k`` over new positions with its cache (``MTPBlock.forward`` plus a cache)."""
         blk = self.model.model.mtp.layers[k - 1]
         emb = self.model.model.embed_tokens(tokens)
-        x = blk.eh_proj(torch.cat([blk.enorm(emb), blk.hnorm(h)], dim=-1))
-        x = x + blk.self_attn(blk.input_layernorm(x), Step(positions=positions, cache=self.cache))
-        x = x + blk.mlp(blk.post_attention_layernorm(x))
-        return x, blk.final_layernorm(x)
+        return blk(h, emb, positions, cache=self.cache)
 
     @torch.no_grad()
     def draft(self, hidden: list[Tensor], contexts: list[list[int]], temperature: float, top_p: float,

@@ -28,25 +28,10 @@ plainly. (Selecting at the edges of every band cost 24% at W = 128.)
 from __future__ import annotations
 
 import tvm
-from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import _C1, _C2, _LOG2E, _P, EXP_LO, NEG, f32, loop_kinds, row_tile, vec_width
+from .common import NEG, f32, fast_exp as _exp, loop_kinds, row_tile, vec_width
 
-
-def _exp(x):
-    """``fast_exp`` whose clamp keeps NaN (a NaN logit must reach the output): TVM lowers
-    ``max(a, b)`` to ``a > b ? a : b``, which gives ``b`` when ``b`` is NaN, so x goes last (an
-    ``isnan`` select does not vectorise: it cost 2x on the whole kernel)."""
-    xc = tirx.min(f32(88.0), tirx.max(f32(EXP_LO), x))
-    n = tirx.floor(xc * f32(_LOG2E) + f32(0.5))
-    r = xc - n * f32(_C1) - n * f32(_C2)
-    y = f32(_P[0])
-    for c in _P[1:]:
-        y = y * r + f32(c)
-    y = y * r * r + r + f32(1.0)
-    pow2 = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
-    return tirx.Select(x < f32(EXP_LO), f32(0.0), y * pow2)
 
 
 def band_width(window: int, bm: int, chunk: int = 16) -> int:
