@@ -122,3 +122,14 @@ def test_aoi_recipe_end_to_end(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     with pytest.raises(ValueError, match="--out"):
         recipe.run(SimpleNamespace(out=str(out), resume=False, no_progress=True), recipe, cfg)
+
+
+def test_aoi_cli_errors_are_one_line(tmp_path, capsys):
+    from hysparse_kernels import cli
+
+    assert cli.main(["recipe", "run", "aoi", "--out", str(tmp_path / "a"), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["recipe", "run", "aoi", "--out", str(tmp_path / "a"), "--init-from", str(tmp_path)]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert cli.main(["recipe", "run", "aoi", "--task", "lookup", "--out", str(tmp_path / "a")]) == 2
+    assert "--task" in capsys.readouterr().err

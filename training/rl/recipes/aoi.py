@@ -199,6 +199,9 @@ def run(args, recipe, cfg) -> dict:
     out = Path(args.out)
     if args.resume:
         raise ValueError("--resume: the aoi recipe trains in minutes and does not resume; run it again")
+    if cfg.init_from or cfg.num_draft:
+        raise ValueError("--init-from/--num-draft: the aoi recipe trains its own small policy network from scratch, "
+                         f"got init_from={cfg.init_from!r}, num_draft={cfg.num_draft}")
     if (out / "eval.json").exists():
         raise ValueError(f"--out: {out} holds an earlier aoi run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ class FolrRewards:
                 in_turn = (tid[i] == k) & (mask[i] > 0)
                 if in_turn.any():
                     rewards[i, int((in_turn.double() * pos).argmax())] += self.lam
-        group = torch.arange(N) // ctx.config.group_size
+        group = torch.arange(N) // ctx.config.group_size  # the trainer keeps a prompt's rollouts together
         outcome = torch.tensor([v.reward for v in ctx.verdicts], dtype=torch.float64)
         var, zero = variance_stats(rewards.sum(-1), group)
         ovar, ozero = variance_stats(outcome, group)
