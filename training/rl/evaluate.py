@@ -70,10 +70,12 @@ def summarize(verdicts: list[Verdict], rollouts: list[Rollout], examples: list[E
 
 @torch.no_grad()
 def evaluate(model, task: Task, *, split: str = "heldout", n: int = 200, temperature: float = 1.0, top_p: float = 1.0,
-             samples: int = 2, seed: int = 1234, batch: int = 128, greedy: bool = True) -> dict:
+             samples: int = 2, seed: int = 1234, batch: int = 128, greedy: bool = True, judge=None) -> dict:
     """Success of ``model`` on the first ``n`` examples of ``split``: sampled (``samples`` per
     example, the policy's own distribution) and greedy. Keys: ``success`` (sampled),
-    ``success_greedy``, ``reward``, ``rate_<outcome>``, ``response_tokens``, per-hop success."""
+    ``success_greedy``, ``reward``, ``rate_<outcome>``, ``response_tokens``, per-hop success.
+    ``judge(examples, rollouts, verdicts) -> dict``: more metrics of the sampled rollouts (a
+    recipe's, e.g. step faithfulness), merged in."""
     tok = ByteTokenizer()
     examples = task.examples(split, n)
     gen = torch.Generator().manual_seed(seed)
@@ -81,6 +83,8 @@ def evaluate(model, task: Task, *, split: str = "heldout", n: int = 200, tempera
     reps = [e for e in examples for _ in range(samples)]
     rollouts, verdicts, _ = run_task(sampled, task, reps, tok, gen, batch)
     out = summarize(verdicts, rollouts, reps)
+    if judge is not None:
+        out.update(judge(reps, rollouts, verdicts))
     out.update({"n": len(examples), "samples": samples, "temperature": temperature, "top_p": top_p, "split": split})
     if not greedy:
         return out

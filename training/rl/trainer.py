@@ -114,7 +114,11 @@ class RLConfig:
 @dataclass
 class StepContext:
     """What a recipe's ``rewards`` hook sees: the task, the rollouts and their examples, verdicts
-    and collated tensors (``rollout.collate``), and the tokenizer."""
+    and collated tensors (``rollout.collate``), and the tokenizer.
+
+    The hook may also fill in ``step_ids [N, L]`` (a reasoning-step id per response token, -1:
+    none) and ``extra`` (anything its advantage estimator reads), which the trainer hands to the
+    estimator in ``AdvantageInput``, and ``metrics`` (floats added to the step's metrics row)."""
 
     task: object
     examples: list
@@ -123,6 +127,9 @@ class StepContext:
     batch: dict
     tokenizer: ByteTokenizer
     config: RLConfig
+    step_ids: torch.Tensor | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
 
 
 def default_rewards(ctx: StepContext) -> torch.Tensor:
@@ -159,12 +166,13 @@ def _lr(cfg: RLConfig, step: int) -> float:
 class Trainer:
     """Holds the policy, reference, optimizer, task and generator of one run."""
 
-    def __init__(self, cfg: RLConfig, init: str, rewards=None):
+    def __init__(self, cfg: RLConfig, init: str, rewards=None, eval_judge=None):
         cfg.validate()
         self.cfg = cfg
         self.task = get_task(cfg.task, cfg.task_seed)
         self.tok = ByteTokenizer()
         self.rewards = rewards or default_rewards
+        self.eval_judge = eval_judge
         policy = load_pretrained(init)
         self.policy = policy
         self.model = distributed.wrap_model(policy)
@@ -253,7 +261,9 @@ class Trainer:
             pen = overlong_penalty(mask.sum(-1), self.params.max_new_tokens, cfg.overlong_buffer, cfg.overlong_factor)
             token_rewards = token_rewards + outcome_rewards(pen, mask.double())
         adv = get_advantage(cfg.advantage)(
-            AdvantageInput(token_rewards, mask.double(), torch.tensor(groups), batch["turn_ids"]), self.algo)
+            AdvantageInput(token_rewards, mask.double(), torch.tensor(groups), batch["turn_ids"], ctx.step_ids, ctx.extra),
+            self.algo)
+        recipe_metrics = {k: float(v) for k, v in ctx.metrics.items()}  # a recipe's own (rewards hook)
 
         t1 = time.perf_counter()
         with torch.no_grad():
@@ -286,7 +296,7 @@ class Trainer:
             t_bwd += t3 - t2
             for k, v in {**m, "loss": loss.detach(), "grad_norm": grad_norm}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(parts)
-        return {**sums, "logprob_gap": gap, "lr": _lr(cfg, step),
+        return {**recipe_metrics, **sums, "logprob_gap": gap, "lr": _lr(cfg, step),
                 "advantage_abs": float((adv.abs() * mask).sum() / mask.sum().clamp(min=1)),
                 "t_logprob": t_logprob, "t_backward": t_bwd, "t_optimizer": t_opt}
 
@@ -302,7 +312,7 @@ class Trainer:
     def evaluate(self, model=None) -> dict:
         cfg = self.cfg
         return evaluate(model or self.policy, self.task, split=cfg.eval_split, n=cfg.eval_n, temperature=cfg.temperature,
-                        top_p=cfg.top_p, samples=cfg.eval_samples)
+                        top_p=cfg.top_p, samples=cfg.eval_samples, judge=self.eval_judge)
 
 
 def _rows(batch: dict, idx: torch.Tensor) -> dict:
@@ -317,18 +327,19 @@ def _rows(batch: dict, idx: torch.Tensor) -> dict:
 
 
 def train_rl(cfg: RLConfig, out, *, init: str, rewards=None, resume: bool = False, progress: bool = True,
-             stop_after: int | None = None, recipe_name: str | None = None) -> dict:
+             stop_after: int | None = None, recipe_name: str | None = None, eval_judge=None) -> dict:
     """Run RL from checkpoint ``init`` into ``out``; see the module docstring. ``stop_after``
-    ends the run after that many steps, as a crash would (for resume tests). Returns a summary."""
+    ends the run after that many steps, as a crash would (for resume tests). ``eval_judge``: extra
+    held-out metrics (see ``evaluate.evaluate``'s ``judge``). Returns a summary."""
     owned = distributed.setup()
     try:
-        return _train_rl(cfg, Path(out), init, rewards, resume, progress, stop_after, recipe_name)
+        return _train_rl(cfg, Path(out), init, rewards, resume, progress, stop_after, recipe_name, eval_judge)
     finally:
         distributed.teardown(owned)
 
 
 def _train_rl(cfg: RLConfig, out: Path, init: str, rewards, resume: bool, progress: bool, stop_after: int | None,
-              recipe_name: str | None) -> dict:
+              recipe_name: str | None, eval_judge=None) -> dict:
     main = distributed.is_main()
     world = distributed.rank_and_world()[1]
     if world > 1 and cfg.dynamic_sampling:
@@ -339,7 +350,7 @@ def _train_rl(cfg: RLConfig, out: Path, init: str, rewards, resume: bool, progre
     if main:
         runs.prepare_out(out, resume, config)
     distributed.barrier()
-    trainer = Trainer(cfg, init, rewards)
+    trainer = Trainer(cfg, init, rewards, eval_judge)
     metrics_path = out / "metrics.jsonl"
     start = 0
     if main:
@@ -391,6 +402,7 @@ def _train_rl(cfg: RLConfig, out: Path, init: str, rewards, resume: bool, progre
         runs.write_json(eval_path, report)
         runs.plot_curves(metrics_path, out / "curves.png",
                          ["reward", "success", "kl", "entropy", "response_len", "clip_frac", "tokens_per_s", "pg_loss",
-                          "grad_norm"], title=f"{recipe_name or cfg.recipe} on {cfg.task}")
+                          "grad_norm", "rate_wrong", "rate_abstain", "step_faithfulness", "reward_var",
+                          "zero_var_groups"], title=f"{recipe_name or cfg.recipe} on {cfg.task}")
     return {"before": report["before"]["success"], "after": after["success"], "out": str(out)}
 

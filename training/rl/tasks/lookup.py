@@ -208,6 +208,54 @@ class LookupQA(Task):
         step = self.base.parse_step(text)
         return None if step is None else self.base.check(*step)
 
+    def judge_steps(self, example: Example, turn_texts: list[str], near_duplicate: float = 0.8) -> list[bool | None]:
+        """Step verification of a rollout, one entry per turn: None for the ``answer:`` turn (not
+        a step), else whether the step is supported by the fact base.
+
+        The model's reasoning steps are its turns before the answer, numbered by order. A search
+        step ``search: S r`` (step k) claims how the model got to ``S``: step 1 claims ``S`` is
+        the question's start person; step k > 1 claims the fact ``S' r' S``, where ``S' r'`` is
+        step k-1's query, and is supported when the base holds that fact (a person taken from a
+        ``> none`` observation, or from thin air, is not). A step that is not a parsable search
+        (subject and relation of this base) is unsupported, and so is a near-duplicate of an
+        earlier step, which adds no evidence: the same person and relation when both steps parse
+        (two names a letter apart are two people, so string similarity would mislead there),
+        else a ``difflib`` ratio of the two texts above ``near_duplicate``."""
+        import difflib
+
+        labels: list[bool | None] = []
+        queries: list[tuple[str, tuple[str, str] | None]] = []
+        prev: tuple[str, str] | None = None
+        for text in turn_texts:
+            line = text.strip()
+            if line.startswith("answer:"):
+                labels.append(None)
+                continue
+            query = line[len("search:"):].strip() if line.startswith("search:") else None
+            parsed = self._parse_query(query) if query is not None else None
+            if parsed is None:
+                ok = False
+            elif prev is None:
+                ok = not queries and parsed[0] == example.meta["start"]
+            else:
+                ok = self.base.check(prev[0], prev[1], parsed[0])
+            text_ = query if query is not None else line
+            if any(parsed == p if parsed is not None and p is not None
+                   else difflib.SequenceMatcher(None, text_, q).ratio() > near_duplicate for q, p in queries):
+                ok = False
+            labels.append(ok)
+            queries.append((text_, parsed))
+            prev = parsed
+        return labels
+
+    def _parse_query(self, query: str) -> tuple[str, str] | None:
+        """``"Tari friend"`` -> ``("Tari", "friend")``; None unless it is exactly a person and a
+        relation of this base."""
+        words = query.split()
+        if len(words) != 2 or words[0] not in self.base._entity_set or words[1] not in self.base.relations:
+            return None
+        return words[0], words[1]
+
     @staticmethod
     def gold_in(example: Example, observation: str) -> bool:
         """Whether the gold answer appears (as a whole word) in a tool observation. Always False for
