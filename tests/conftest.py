@@ -26,6 +26,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_when_marked(request):
+    """``@pytest.mark.one_thread``: tiny models gain nothing from a second intra-op thread and wait
+    on a preempted one when the machine is busy."""
+    if request.node.get_closest_marker("one_thread") is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 

@@ -13,17 +13,9 @@ from hysparse_kernels.models.audio import (EMPTY, EOSP, PAD, SOSP, AudioLM, Audi
 from hysparse_kernels.models.audio.generate import generate
 from hysparse_kernels.models.audio.patch import frame_embeddings
 
-pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
-                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
+                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning"), pytest.mark.one_thread]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting pools on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 TINY = get_audio_config("tiny-mimo-audio")
 E = 9  # the empty id of the hand-worked example's three channels (codebooks of 9 codes)

@@ -17,12 +17,7 @@ from hysparse_kernels.models.audio.rvq import ResidualVQ
 SMALL = TokenizerConfig(channels=16, res_blocks=1, latent=8, codebook_sizes=(16, 8, 8, 4))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.one_thread
 
 
 def test_default_config_is_25_hz_with_8_codebooks():

@@ -10,12 +10,7 @@ from hysparse_kernels.models.audio import BOS, EMPTY, EOSP, SOSP, AudioTokenizer
 from hysparse_kernels.training.audio import corpus, features, fewshot, synth
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.one_thread
 
 
 @pytest.mark.parametrize("kind", synth.KINDS)

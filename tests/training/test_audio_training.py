@@ -15,19 +15,11 @@ from hysparse_kernels.training.audio import checkpoint, fewshot, synth
 from hysparse_kernels.training.audio.pretrain import AudioPretrainConfig, pretrain
 from hysparse_kernels.training.audio.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
-pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
-                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
+                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning"), pytest.mark.one_thread]
 
 # a tokenizer small enough to train in seconds, with the LM's codebook sizes
 TOK = dict(tokenizer={"channels": 8, "res_blocks": 1, "latent": 8}, batch=2, clip_frames=4, warmup=2, eval_clips=2, threads=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _rows(path):

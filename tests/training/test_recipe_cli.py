@@ -14,16 +14,8 @@ from hysparse_kernels.training.rl import cli as recipe_cli
 from hysparse_kernels.training.rl.policy import build_policy
 from hysparse_kernels.training.rl.recipes import get_recipe, list_recipes
 
-pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
-                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
+                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning"), pytest.mark.one_thread]
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,7 @@ from hysparse_kernels.training.rl.policy import sequence_logprobs
 from hysparse_kernels.training.rl.rollout import RolloutEngine, SamplingParams, collate
 from hysparse_kernels.training.rl.sampling import OUTSIDE_NUCLEUS, policy_logprobs
 
-pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning")
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast as two, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
+pytestmark = [pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning"), pytest.mark.one_thread]
 
 class Letters:
     """A toy tokenizer: id i is the character "abc\\n"[i % 4], so a random model ends turns often."""

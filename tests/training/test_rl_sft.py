@@ -10,16 +10,8 @@ from hysparse_kernels.training.rl import runs, sft
 from hysparse_kernels.training.rl.sft import SFTConfig, make_batch, render, train_sft
 from hysparse_kernels.training.rl.tasks import get_task
 
-pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
-                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
+                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning"), pytest.mark.one_thread]
 
 
 TINY = dict(task="arith", steps=6, batch=4, checkpoint_every=3, warmup=2)

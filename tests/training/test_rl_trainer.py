@@ -12,18 +12,8 @@ from hysparse_kernels.training.rl import runs
 from hysparse_kernels.training.rl.policy import build_policy
 from hysparse_kernels.training.rl.trainer import TIMING_KEYS, RLConfig, train_rl
 
-pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
-                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning")
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast as two, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
+pytestmark = [pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",
+                                        "ignore::hysparse_kernels.tuned.TunedConfigWarning"), pytest.mark.one_thread]
 
 @pytest.fixture(scope="module")
 def init(tmp_path_factory):
