@@ -16,8 +16,9 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from pathlib import Path
+
+from hysparse_kernels.training.pretrain import read_metrics as _read_jsonl
 
 
 def write_json(path: Path, value) -> None:
@@ -44,24 +45,10 @@ def read_json(path: Path):
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a JSONL file; lines that do not parse (a write cut short by a kill) are
-    skipped with a warning naming them."""
+    """The rows of a JSONL file (none when it does not exist yet); lines cut short by a kill are
+    skipped with a warning, as pretraining's ``read_metrics`` does."""
     path = Path(path)
-    if not path.exists():
-        return []
-    rows, bad = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("no step")
-        except ValueError:
-            bad.append(number)
-            continue
-        rows.append(row)
-    if bad:
-        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s) {bad[:5]} (a write cut short)", stacklevel=2)
-    return rows
+    return _read_jsonl(path) if path.exists() else []
 
 
 def prepare_out(out: Path, resume: bool, config: dict) -> None:
