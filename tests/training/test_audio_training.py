@@ -166,3 +166,28 @@ def test_cli_options_are_frozen():
     assert got["generate"] == ["model", "out", "png", "prompt", "seconds", "seed", "temperature", "text", "threads", "tokenizer", "top_k"]
     assert got["fewshot"] == ["episodes", "model", "out", "seed", "threads", "tokenizer"]
     assert "resume" in got["pretrain"] and "seed" in got["pretrain"] and "resume" in got["train-tokenizer"]
+
+
+def test_resume_cuts_metrics_back_and_drops_a_line_cut_short(tmp_path):
+    """A kill mid-write leaves half a line in metrics.jsonl: resuming keeps the rows before the
+    checkpoint's step, drops the broken line with a warning, and restores model and optimizer."""
+    from hysparse_kernels.models.audio import AudioTokenizer, TokenizerConfig
+
+    model = AudioTokenizer(TokenizerConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    checkpoint.save(tmp_path, 2, model, opt)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(4)) + '{"step": 4, "lo')
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with pytest.warns(UserWarning, match="unreadable line"):
+        start = checkpoint.resume_or_start(tmp_path, model, opt, resume=True)
+    assert start == 2
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    assert checkpoint.resume_or_start(tmp_path, model, opt, resume=False) == 0
+    assert not (tmp_path / "metrics.jsonl").exists()

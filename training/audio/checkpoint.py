@@ -22,6 +22,7 @@ from hysparse_kernels.models.audio.io import load_checkpoint, save_checkpoint
 # the optimizer's state as flat tensors + JSON scalars, as pretraining checkpoints keep it
 from hysparse_kernels.training.checkpoint import _flatten_optimizer as _optimizer_tensors
 from hysparse_kernels.training.checkpoint import _unflatten_optimizer as _optimizer_state
+from hysparse_kernels.training.pretrain import read_metrics
 
 
 def save(out, step: int, model, optimizer, extra: dict | None = None) -> Path:
@@ -73,3 +74,18 @@ def load(path, model, optimizer) -> dict:
     optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
     torch.set_rng_state(tensors["rng.torch"])
     return meta
+
+
+def resume_or_start(out: Path, model, optimizer, resume: bool) -> int:
+    """The step a run starts from: the latest checkpoint's with ``resume`` (model and optimizer
+    loaded, ``metrics.jsonl`` cut back to the steps before it, lines a kill cut short dropped with
+    a warning), else 0 with ``metrics.jsonl`` removed."""
+    metrics_path = Path(out) / "metrics.jsonl"
+    if resume and (ckpt := latest(out)) is not None:
+        start = load(ckpt, model, optimizer)["step"]
+        kept = [r for r in read_metrics(metrics_path) if r["step"] < start] if metrics_path.exists() else []
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return start
+    if metrics_path.exists():
+        metrics_path.unlink()
+    return 0

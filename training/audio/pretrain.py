@@ -135,13 +135,7 @@ def pretrain(cfg: AudioPretrainConfig, *, resume: bool = False, progress: bool =
     model = AudioLM(model_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     metrics_path = out / "metrics.jsonl"
-    start = 0
-    if resume and (ckpt := checkpoint.latest(out)) is not None:
-        start = checkpoint.load(ckpt, model, optimizer)["step"]
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] < start] if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    start = checkpoint.resume_or_start(out, model, optimizer, resume)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     bar = None
     if progress:

@@ -94,13 +94,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, *, resume: bool = False, progress
     tok = AudioTokenizer(TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.tokenizer.items()}))
     optimizer = torch.optim.AdamW(tok.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.8, 0.99))
     metrics_path = out / "metrics.jsonl"
-    start = 0
-    if resume and (ckpt := checkpoint.latest(out)) is not None:
-        start = checkpoint.load(ckpt, tok, optimizer)["step"]
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] < start] if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    start = checkpoint.resume_or_start(out, tok, optimizer, resume)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     bar = None
     if progress:
