@@ -96,6 +96,7 @@ def _bad_inputs(tmp):
         (["autotune", "--budget", "soon", "--op", "moe", "--shape", "T=1,H=8,E=2,K=1,I=8"], "--budget: expected a duration"),
         (["recipe", "run", "no-such-recipe", "--out", str(tmp / "r")], "recipe: expected one of"),
         (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--steps", "0"], "steps: expected a positive int, got 0"),
+        (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--set", "lr=fast"], "--set lr: expected a value of type float"),
         (["recipe", "run", "grpo", "--out", str(tmp / "r"), "--init-from", str(tmp / "nothing")], "hysparse recipe: error:"),
         (["audio", "tokenize", str(tmp / "missing.wav"), "--tokenizer", str(tmp)], "missing.wav: no such file"),
     ]

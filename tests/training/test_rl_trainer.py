@@ -130,3 +130,26 @@ def test_config_errors_are_named():
         RLConfig(loss="ppo").validate()
     with pytest.raises(ValueError, match="temperature: expected > 0"):
         RLConfig(temperature=0).validate()
+
+
+def test_set_overrides_typed_fields_after_quick_and_names_bad_input():
+    import argparse
+
+    from hysparse_kernels.training.rl import cli
+    from hysparse_kernels.training.rl.recipes import get_recipe
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["run", "grpo", "--out", "x", "--quick", "--set", "lr=1e-3", "--set", "kl_coef=0",
+                              "--set", "eval_split=dev", "--set", "dual_clip=none", "--set", "dynamic_sampling=true"])
+    cfg = cli.build_config(get_recipe("grpo"), args)
+    assert (cfg.lr, cfg.kl_coef, cfg.eval_split, cfg.dual_clip, cfg.dynamic_sampling) == (1e-3, 0.0, "dev", None, True)
+    assert cfg.steps == 45  # --quick still applies underneath
+    assert cli.parse_settings(["group-size=4"]) == {"group_size": 4}
+    for bad, message in ((["lr"], "expected KEY=VALUE"), (["no_such=1"], "expected a field of RLConfig"),
+                         (["steps=many"], "--set steps: expected a value of type int"),
+                         (["dynamic_sampling=maybe"], "--set dynamic_sampling: expected a value of type bool")):
+        with pytest.raises(ValueError, match=message):
+            cli.parse_settings(bad)
+    with pytest.raises(ValueError, match="eval_split: expected 'dev'"):
+        RLConfig(eval_split="train").validate()

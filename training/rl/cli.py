@@ -4,6 +4,11 @@
     hysparse recipe run NAME --out DIR [--quick] [--steps N] [--seed S] [--task T]
                              [--model NAME | --init-from CKPT] [--resume] [--no-progress]
                              [--eval-n N] [--num-draft K] [--threads T] [--nproc N]
+                             [--set KEY=VALUE ...]
+
+``--set KEY=VALUE`` sets any ``RLConfig`` field after the recipe's and ``--quick``'s values (for
+example ``--set lr=1e-3 --set kl_coef=0 --set eval_split=dev``: settings are chosen on the dev
+split, the numbers reported on the held-out one); it is recorded in ``config.json`` like the rest.
 
 ``--nproc N`` runs an RL recipe data-parallel on N local processes (it resolves the warm start
 here, then execs ``torchrun --standalone --nproc-per-node N -m hysparse_kernels.training.rl``
@@ -43,6 +48,43 @@ def add_arguments(parser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="run on N local processes with torchrun (data parallel, RL recipes only)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="set an RLConfig field (repeatable), e.g. --set lr=1e-3 --set eval_split=dev")
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["lr=1e-3", "kl_coef=0"]`` -> ``{"lr": 0.001, "kl_coef": 0.0}``, each value converted to
+    its ``RLConfig`` field's type (``none`` for optional fields; ``true``/``false`` for flags)."""
+    from .trainer import RLConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RLConfig)}
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--set: expected a field of RLConfig ({', '.join(sorted(fields))}), got {key!r}")
+        kind = str(fields[key].type)
+        text = raw.strip()
+        try:
+            if text.lower() == "none" and "None" in kind:
+                value = None
+            elif kind.startswith("bool"):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif kind.startswith("int"):
+                value = int(text)
+            elif kind.startswith("float"):
+                value = float(text)
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"--set {key}: expected a value of type {kind}, got {text!r}") from None
+        out[key] = value
+    return out
 
 
 def build_config(recipe, args):
@@ -61,6 +103,7 @@ def build_config(recipe, args):
             values[key] = getattr(args, flag)
     if args.steps is not None and recipe.run is not None:
         values["sft_steps"] = args.steps
+    values.update(parse_settings(getattr(args, "settings", [])))
     known = {f.name for f in dataclasses.fields(RLConfig)}
     cfg = RLConfig(**{k: v for k, v in values.items() if k in known})
     cfg.validate()
@@ -125,6 +168,8 @@ def _exec_torchrun(args, recipe, cfg) -> None:
     for flag in ("steps", "seed", "eval_n", "num_draft"):
         if getattr(args, flag) is not None:
             flags += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for item in args.settings:
+        flags += ["--set", item]
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
             "-m", "hysparse_kernels.training.rl", "run", *flags]
     sys.stdout.flush()

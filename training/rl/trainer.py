@@ -108,6 +108,8 @@ class RLConfig:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0 for training rollouts, got {self.temperature}")
+        if self.eval_split not in ("dev", "heldout"):
+            raise ValueError(f"eval_split: expected 'dev' (choosing settings) or 'heldout' (reporting), got {self.eval_split!r}")
         self.algo()
 
 
