@@ -13,6 +13,7 @@ a sequence of turns: tool calls ``call: NAME ARGS`` and a final ``answer: X``::
     R_acc,i  = 1[o_i correct]
     R_i      = F_i · (λ_acc · R_acc,i + λ_tool · R_tool,i · (1 - R_acc,i))
     A_i      = (R_i - mean(R)) / (std(R) + eps)                          (GRPO, per group)
+    J(θ)     = GRPO's objective with these A_i (clip 0.2, 1/|o_i|, k3 KL β = 0.04)
 
 λ_acc = 1 (the fixed score of a correct answer), λ_tool = 0.25. The paper writes
 ``R = R_format·(λ_tool·R_tool + λ_acc·R_acc)`` with ``R_tool`` 0–4 per call (structure, name,
@@ -22,7 +23,7 @@ is wrong: that is the form above (8 : 2 is λ_acc : λ_tool), with three checks 
 text call has no named arguments. Argument validity: an integer expression (calculator), a
 person and a relation of the fact base (search), anything non-empty (reverse), so a valid call
 to the distractor earns tool credit too; only the answer tells tools that help from tools that
-do not. Everything else is GRPO's (clip 0.2, seq-mean-token-mean, k3 KL β = 0.04).
+do not.
 
 Departures from GRPO with the outcome reward (``grpo --task toolmix``, the baseline): the format
 gate and the tool credit on wrong answers; same task, tools, warm start and settings.
