@@ -16,7 +16,7 @@ from hysparse_kernels.training.rl.tasks import get_task
 
 
 def test_mixed_task_interleaves_domains():
-    mixed, arith, lookup = get_task("mixed", 0), get_task("arith", 0), get_task("lookup", 0)
+    mixed, arith, lookup = get_task("mixed", 0), get_task("arith30", 0), get_task("lookup", 0)
     held = mixed.examples("heldout", 8)
     assert [e.meta["domain"] for e in held] == ["arith", "lookup"] * 4
     assert [e.prompt for e in held[0::2]] == [e.prompt for e in arith.examples("heldout", 4)]

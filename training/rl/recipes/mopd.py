@@ -2,8 +2,9 @@
 mix of domains; each token's advantage comes from its domain's teacher, plus α times the
 outcome (GRPO) advantage.
 
-On the ``mixed`` task (arithmetic and lookup questions), with teachers ``π_d`` = RL checkpoints
-trained on domain ``d`` alone from the student's own warm start, for rollout i of domain d(i):
+On the ``mixed`` task (``arith30`` and ``lookup`` questions; domains ``arith`` and ``lookup``),
+with teachers ``π_d`` = RL checkpoints trained on domain ``d`` alone from the student's own warm
+start, for rollout i of domain d(i):
 
     Â_i,t = sg(log π_d(i)(y_t | ·) - log π_old(y_t | ·))  +  α · A_i^GRPO
     A_i^GRPO = (r_i - mean(r)) / (std(r) + eps)            (outcome reward, per group)
@@ -15,7 +16,7 @@ rollout engine's). Teachers score at the policy's temperature (1). The paper giv
 here (not tuned). No KL to a reference (the teacher term is the reverse-KL pull), so the loss is
 PPO-clip 0.2 with seq-mean-token-mean, as GRPO otherwise.
 
-Teachers (``--quick``): ``grpo --quick`` runs on ``arith`` and on ``lookup``, each started from
+Teachers (``--quick``): ``grpo --quick`` runs on ``arith30`` and on ``lookup``, each started from
 the ``mixed`` SFT warm start the student starts from, trained on first use and cached under
 ``$HYSPARSE_CACHE/rl-teachers/<domain>-<hash of the settings>`` (seed 0).
 
@@ -44,6 +45,7 @@ from . import Recipe, register_recipe
 ALPHA = 1.0
 IS_LOW, IS_HIGH = 0.1, 10.0
 DOMAINS = ("arith", "lookup")
+TEACHER_TASKS = {"arith": "arith30", "lookup": "lookup"}  # the task each domain's teacher trains on
 
 
 @register_advantage("mopd")
@@ -124,7 +126,7 @@ def teacher_config(cfg, domain: str, init: str):
     from ..trainer import QUICK, RLConfig
     from .grpo import RECIPE as GRPO
 
-    return RLConfig(**{**GRPO.overrides, **QUICK, "recipe": "grpo", "task": domain, "task_seed": cfg.task_seed,
+    return RLConfig(**{**GRPO.overrides, **QUICK, "recipe": "grpo", "task": TEACHER_TASKS[domain], "task_seed": cfg.task_seed,
                        "model": cfg.model, "init_from": str(init), "seed": 0, "eval_n": cfg.eval_n})
 
 

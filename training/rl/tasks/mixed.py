@@ -1,12 +1,15 @@
 """Tasks that mix domains: ``mixed`` (arithmetic and lookup QA, each in its own format) and
 ``toolmix`` (the same questions answered with tools whose names change per episode).
 
-* ``mixed``: the examples of ``arith`` and ``lookup`` (same seed) interleaved one for one, the
-  longer list cut to the shorter, so a split is half each. Every example keeps its own task's
+* ``mixed``: the examples of ``arith30`` (two operands below 30, ``+ -``: a tiny model learns
+  them from its warm start; it hardly answers ``arith``'s operands below 100 without a tool) and
+  ``lookup`` (same seed) interleaved one for one, the longer list cut to the shorter, so a split
+  is half each. Every example keeps its own task's
   prompt, demonstration, tool and verifier; ``meta["domain"]`` says which (``evaluate`` reports
   ``success_<domain>``). The held-out split's first ``2k`` examples are the first ``k`` held-out
   examples of each domain.
-* ``toolmix``: the same interleaved questions (arithmetic with ``+ - *``), and three tools per
+* ``toolmix``: arithmetic (``arith``'s operands below 100, with ``+ - *``) and lookup questions
+  interleaved the same way, and three tools per
   episode, described on the first line of the prompt under names drawn for that episode::
 
       tools: kev=calculator rul=search zam=reverse
@@ -41,6 +44,15 @@ NAME_POOLS = ("train", "heldout")
 _CALL = re.compile(r"^call:\s*([a-z]+)\s+(.+?)\s*$")
 
 
+class SmallArithmetic(Arithmetic):
+    """``arith30``: ``arith`` with operands below 30 (``+ -``)."""
+
+    name = "arith30"
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed, max_operand=30, ops="+-")
+
+
 def _interleave(a: list[Example], b: list[Example]) -> list[Example]:
     out = []
     for x, y in zip(a, b):
@@ -62,7 +74,7 @@ class MixedTask(Task):
 
     def __init__(self, seed: int = 0):
         super().__init__(seed)
-        self.tasks = {"arith": Arithmetic(seed), "lookup": LookupQA(seed)}
+        self.tasks = {"arith": SmallArithmetic(seed), "lookup": LookupQA(seed)}
         lk = self.tasks["lookup"]
         self.max_turns, self.max_new_tokens, self.max_total_tokens = lk.max_turns, lk.max_new_tokens, lk.max_total_tokens
         self._cache: dict[str, list[Example]] = {}
