@@ -56,18 +56,17 @@ def test_tools_and_demonstrations():
         text = "".join(s.text for s in segs[1:])
         assert TASK.verify(e, text).outcome == "correct"
         turns = [s.text for s in segs if s.model]
-        assert tool_grpo.format_ok(turns, TASK.parse_call)
+        assert tool_grpo.format_ok(turns)
         assert all(TASK.call_score(e, t) == 3 for t in turns[:-1])
 
 
 def test_format_gate_by_hand():
-    parse = TASK.parse_call
-    assert tool_grpo.format_ok(["call: kev 1+2\n", "answer: 3\n"], parse)
-    assert tool_grpo.format_ok(["answer: 3\n"], parse)  # answering without tools is well formed
-    assert not tool_grpo.format_ok(["call: kev 1+2\n"], parse)  # no answer
-    assert not tool_grpo.format_ok(["kev 1+2\n", "answer: 3\n"], parse)  # not a call
-    assert not tool_grpo.format_ok(["answer: 3\n", "answer: 3\n"], parse)  # two answers
-    assert not tool_grpo.format_ok(["answer:\n"], parse) and not tool_grpo.format_ok([], parse)
+    assert tool_grpo.format_ok(["call: kev 1+2\n", "answer: 3\n"])
+    assert tool_grpo.format_ok(["answer: 3\n"])  # answering without tools is well formed
+    assert not tool_grpo.format_ok(["call: kev 1+2\n"])  # no answer
+    assert not tool_grpo.format_ok(["kev 1+2\n", "answer: 3\n"])  # not a call
+    assert not tool_grpo.format_ok(["answer: 3\n", "answer: 3\n"])  # two answers
+    assert not tool_grpo.format_ok(["answer:\n"]) and not tool_grpo.format_ok([])
 
 
 def test_call_score_and_rewards_by_hand():
@@ -110,7 +109,7 @@ def test_reward_hook_and_tool_metrics_on_rollouts(rollout_of):
     m = TASK.rollout_metrics([ex] * 3, rollouts, verdicts)
     assert m["calls_arith_calculator"] == pytest.approx(2 / 3) and m["calls_arith_reverse"] == pytest.approx(1 / 3)
     assert m["calls_arith_unknown"] == pytest.approx(1 / 3) and m["used_arith_search"] == 0.0
-    assert "calls_lookup_search" not in m
+    assert "calls_lookup_search" not in m and m["format_ok"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning",

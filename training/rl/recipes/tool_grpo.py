@@ -32,7 +32,7 @@ gate and the tool credit on wrong answers; same task, tools, warm start and sett
 ``before`` and ``after``, ``success_arith`` / ``success_lookup`` and per domain and tool role
 ``calls_<domain>_<role>`` (calls per episode) and ``used_<domain>_<role>`` (share of episodes
 calling it), roles ``calculator``, ``search``, ``reverse`` and ``unknown`` (a name not offered);
-``format_ok`` (share passing the gate); and ``heldout_names``: the same metrics for the start
+``format_ok`` (share passing the gate), ``tool_reward`` and ``tool_grpo_reward`` (mean R_tool and R); and ``heldout_names``: the same metrics for the start
 and final checkpoints with tool names from the held-out pool (never seen in training).
 """
 
@@ -48,15 +48,12 @@ LAMBDA_ACC = 1.0
 LAMBDA_TOOL = 0.25
 
 
-def format_ok(turn_texts: list[str], parse_call) -> bool:
-    """The format gate: every turn but the last parses as a call, the last is ``answer: X`` (X
-    non-empty), and no other turn is an answer."""
-    if not turn_texts:
-        return False
-    *calls, last = [t.strip() for t in turn_texts]
-    if not last.startswith("answer:") or not last[len("answer:"):].strip():
-        return False
-    return all(parse_call(t) is not None for t in calls)
+def format_ok(turn_texts: list[str]) -> bool:
+    """The format gate ``F``: ``ToolMix.well_formed`` (every turn but the last a parsable call, the
+    last and only answer ``answer: X``)."""
+    from ..tasks.mixed import ToolMix
+
+    return ToolMix.well_formed(turn_texts)
 
 
 def tool_reward(scores: list[int]) -> float:
@@ -75,7 +72,7 @@ def tool_grpo_reward(gate: bool, correct: bool, r_tool: float, lam_acc: float = 
 
 def episode_reward(task, example, turn_texts: list[str], correct: bool) -> tuple[float, bool, float]:
     """``(R, F, R_tool)`` of one rollout of a ``toolmix`` episode."""
-    gate = format_ok(turn_texts, task.parse_call)
+    gate = format_ok(turn_texts)
     scores = [task.call_score(example, t) for t in turn_texts[:-1]]
     r_tool = tool_reward(scores)
     return tool_grpo_reward(gate, correct, r_tool), gate, r_tool
@@ -97,12 +94,13 @@ class ToolRewards:
 
 
 def judge_for(task):
-    """An ``evaluate`` judge adding ``format_ok`` and ``tool_reward`` (mean ``R_tool``)."""
+    """An ``evaluate`` judge adding ``tool_reward`` (mean ``R_tool``) and ``tool_grpo_reward``
+    (mean ``R``)."""
 
     def judge(examples, rollouts, verdicts) -> dict:
         rows = [episode_reward(task, e, r.turn_texts, v.success) for e, r, v in zip(examples, rollouts, verdicts)]
         n = max(1, len(rows))
-        return {"format_ok": sum(g for _, g, _ in rows) / n, "tool_reward": sum(t for _, _, t in rows) / n}
+        return {"tool_reward": sum(t for _, _, t in rows) / n, "tool_grpo_reward": sum(r for r, _, _ in rows) / n}
 
     return judge
 

@@ -238,11 +238,22 @@ class ToolMix(Task):
                 out.append(example.meta["tools"].get(call[0], "unknown"))
         return out
 
+    @classmethod
+    def well_formed(cls, turn_texts: list[str]) -> bool:
+        """The format: every turn but the last parses as a call, the last is ``answer: X`` (X
+        non-empty), and no other turn is an answer."""
+        if not turn_texts:
+            return False
+        *calls, last = [t.strip() for t in turn_texts]
+        if not last.startswith("answer:") or not last[len("answer:"):].strip():
+            return False
+        return all(cls.parse_call(t) is not None for t in calls)
+
     def rollout_metrics(self, examples: list[Example], rollouts: list, verdicts: list[Verdict]) -> dict:
-        """Per domain d: ``calls_<d>_<role>`` (calls of that tool per episode, ``unknown`` for names
-        not offered), ``used_<d>_<role>`` (share of episodes calling it at least once), and
-        ``success_<d>``."""
-        out = {}
+        """``format_ok`` (share of well-formed episodes) and per domain d: ``calls_<d>_<role>``
+        (calls of that tool per episode, ``unknown`` for names not offered) and ``used_<d>_<role>``
+        (share of episodes calling it at least once)."""
+        out = {"format_ok": sum(self.well_formed(r.turn_texts) for r in rollouts) / max(1, len(rollouts))}
         for d in DOMAINS:
             idx = [i for i, e in enumerate(examples) if e.meta["domain"] == d]
             if not idx:
