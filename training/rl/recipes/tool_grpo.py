@@ -32,8 +32,9 @@ gate and the tool credit on wrong answers; same task, tools, warm start and sett
 ``before`` and ``after``, ``success_arith`` / ``success_lookup`` and per domain and tool role
 ``calls_<domain>_<role>`` (calls per episode) and ``used_<domain>_<role>`` (share of episodes
 calling it), roles ``calculator``, ``search``, ``reverse`` and ``unknown`` (a name not offered);
-``format_ok`` (share passing the gate), ``tool_reward`` and ``tool_grpo_reward`` (mean R_tool and R); and ``heldout_names``: the same metrics for the start
-and final checkpoints with tool names from the held-out pool (never seen in training).
+``format_ok`` (share passing the gate), ``tool_reward`` and ``tool_grpo_reward`` (mean R_tool
+and R); and ``heldout_names``: the same metrics for the start and final checkpoints with tool
+names from the held-out pool (never seen in training).
 """
 
 from __future__ import annotations
