@@ -126,8 +126,12 @@ def teacher_config(cfg, domain: str, init: str):
     from ..trainer import QUICK, RLConfig
     from .grpo import RECIPE as GRPO
 
-    return RLConfig(**{**GRPO.overrides, **QUICK, "recipe": "grpo", "task": TEACHER_TASKS[domain], "task_seed": cfg.task_seed,
-                       "model": cfg.model, "init_from": str(init), "seed": 0, "eval_n": cfg.eval_n})
+    from ..tasks import get_task
+
+    task = TEACHER_TASKS[domain]
+    n = min(cfg.eval_n, len(get_task(task, cfg.task_seed).examples(cfg.eval_split)))  # arith30 has 184 held out
+    return RLConfig(**{**GRPO.overrides, **QUICK, "recipe": "grpo", "task": task, "task_seed": cfg.task_seed,
+                       "model": cfg.model, "init_from": str(init), "seed": 0, "eval_n": n})
 
 
 def ensure_teacher(cfg, domain: str, init: str, progress: bool = True) -> Path:
