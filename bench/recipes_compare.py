@@ -43,9 +43,10 @@ import sys
 from pathlib import Path
 
 
-def run_recipe(name: str, seed: int, out: Path, task: str | None) -> None:
+def run_recipe(name: str, seed: int, out: Path, task: str | None, init: str | None = None) -> None:
     cmd = [sys.executable, "-m", "hysparse_kernels.cli", "recipe", "run", name, "--quick", "--seed", str(seed),
            "--out", str(out), "--no-progress", "--threads", "1"] + (["--task", task] if task else [])
+    cmd += ["--init-from", init] if init else []
     print("$", " ".join(["hysparse", *cmd[3:]]), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -222,10 +223,11 @@ def tool_grpo(args) -> None:
 
     root = Path(args.out)
     for seed in args.seeds:
-        for recipe in ("grpo", "tool_grpo"):
+        for recipe in ("tool_grpo", "grpo"):  # grpo starts from tool_grpo's warm start (800 SFT steps)
             d = root / f"{recipe}-toolmix-quick-s{seed}"
             if args.run and not (d / "eval.json").exists():
-                run_recipe(recipe, seed, d, "toolmix")
+                init = json.loads((root / f"tool_grpo-toolmix-quick-s{seed}" / "config.json").read_text())["init"]
+                run_recipe(recipe, seed, d, "toolmix", None if recipe == "tool_grpo" else init)
     ev = {r: [_after(root / f"{r}-toolmix-quick-s{s}") for s in args.seeds] for r in ("grpo", "tool_grpo")}
     for seed, report in zip(args.seeds, ev["grpo"]):  # the baseline arm: held-out names evaluated here
         d = root / f"grpo-toolmix-quick-s{seed}"

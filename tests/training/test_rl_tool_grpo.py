@@ -33,7 +33,8 @@ def test_name_pools_are_disjoint_and_episodes_describe_their_tools():
         assert set(a.meta["tools"]) <= train and set(b.meta["tools"]) <= held
         assert sorted(a.meta["tools"].values()) == sorted(ROLES)
         header = a.prompt.splitlines()[0]
-        assert all(f"{n}={r}" in header for n, r in a.meta["tools"].items())
+        assert header == "tools: " + " ".join(f"{n}={r}" for n, r in a.meta["tools"].items())
+        assert list(a.meta["tools"].values()) == list(ROLES)  # fixed role order, names drawn
     names = {tuple(sorted(e.meta["tools"])) for e in TASK.examples("train", 50)}
     assert len(names) > 40  # drawn per episode
     doms = [e.meta["domain"] for e in TASK.examples("heldout", 10)]

@@ -10,7 +10,9 @@
   examples of each domain.
 * ``toolmix``: arithmetic (``arith``'s operands below 100, with ``+ - *``) and lookup questions
   interleaved the same way, and three tools per
-  episode, described on the first line of the prompt under names drawn for that episode::
+  episode, described on the first line of the prompt under names drawn for that episode (listed
+  in a fixed role order: with the order shuffled too, the tiny warm start did not learn to copy
+  the right name in 400 SFT steps, dev success 0.0)::
 
       tools: kev=calculator rul=search zam=reverse
       Q: 37*48
@@ -137,10 +139,8 @@ class ToolMix(Task):
     def _episode(self, example: Example, domain: str) -> Example:
         rng = random.Random(f"tools:{self.seed}:{self.names}:{domain}:{example.id}")
         picked = rng.sample(self.pool, len(ROLES))
-        tools = dict(zip(picked, ROLES))  # name -> role
-        order = list(tools)
-        rng.shuffle(order)
-        header = "tools: " + " ".join(f"{n}={tools[n]}" for n in order) + "\n"
+        tools = dict(zip(picked, ROLES))  # name -> role, listed in the fixed role order
+        header = "tools: " + " ".join(f"{n}={r}" for n, r in tools.items()) + "\n"
         return _tagged(example, domain, header + example.prompt, tools=tools)
 
     def examples(self, split: str, n: int | None = None) -> list[Example]:
