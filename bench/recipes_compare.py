@@ -5,7 +5,7 @@
     python bench/recipes_compare.py tspo    [--seeds 0 1 2] [--out bench/out/recipes] [--run]
     python bench/recipes_compare.py aoi     [--seeds 0 1 2] [--out bench/out/recipes] [--run]
     python bench/recipes_compare.py tool_grpo [--seeds 0 1 2] [--out bench/out/recipes] [--run]
-    python bench/recipes_compare.py mopd    [--seeds 0 1 2] [--out bench/out/recipes] [--run]
+    python bench/recipes_compare.py mopd    [--seeds 0 1 2] [--out bench/out/recipes] [--run] [--ablation]
 
 ``faithrl``: ``faithrl --quick`` vs ``grpo --quick`` on lookup (run directories
 ``{recipe}-lookup-quick-s{seed}``; ``--run`` trains the missing ones one after the other, as a
@@ -30,7 +30,8 @@ checkpoints are evaluated for it here, by the same function, cached in ``heldout
 
 ``mopd``: ``mopd --quick`` vs ``grpo --quick --task mixed``: each teacher's held-out success on its
 domain (from the mopd runs' ``eval.json``, same questions and decoding), and each student's
-success per domain and its ratio to the teacher's.
+success per domain and its ratio to the teacher's. ``--ablation`` adds mopd with α = 0 (the
+teacher term alone), trained in-process.
 """
 
 from __future__ import annotations
@@ -267,6 +268,22 @@ def tool_grpo(args) -> None:
               f"held-out names {t['heldout_names']['after']['success'] - g['heldout_names']['after']['success']:+.4f}")
 
 
+def run_mopd_alpha0(seed: int, out: Path) -> None:
+    """The ablation arm: ``mopd --quick`` with α = 0 (the teacher term alone, no outcome
+    advantage), same warm start and cached teachers, trained in-process."""
+    from types import SimpleNamespace
+
+    from hysparse_kernels.training.rl.cli import build_config
+    from hysparse_kernels.training.rl.recipes import get_recipe
+    from hysparse_kernels.training.rl.recipes.mopd import run
+
+    recipe = get_recipe("mopd")
+    flags = dict(quick=True, task="mixed", steps=None, seed=seed, model=None, init_from=None, num_draft=None, eval_n=None)
+    cfg = build_config(recipe, SimpleNamespace(**flags))
+    print(f"$ mopd --quick --seed {seed} with alpha = 0 -> {out}", flush=True)
+    run(SimpleNamespace(out=str(out), resume=False, no_progress=True), recipe, cfg, alpha=0.0, recipe_name="mopd-alpha0")
+
+
 def mopd(args) -> None:
     root = Path(args.out)
     for seed in args.seeds:
@@ -274,7 +291,13 @@ def mopd(args) -> None:
             d = root / f"{recipe}-mixed-quick-s{seed}"
             if args.run and not (d / "eval.json").exists():
                 run_recipe(recipe, seed, d, "mixed")
-    ev = {r: [_after(root / f"{r}-mixed-quick-s{s}") for s in args.seeds] for r in ("grpo", "mopd")}
+    arms = ("grpo", "mopd") + (("mopd_a0",) if args.ablation else ())
+    if args.ablation:
+        for seed in args.seeds:
+            d = root / f"mopd_a0-mixed-quick-s{seed}"
+            if not (d / "eval.json").exists() or json.loads((d / "eval.json").read_text()).get("after") is None:
+                run_mopd_alpha0(seed, d)
+    ev = {r: [_after(root / f"{r}-mixed-quick-s{s}") for s in args.seeds] for r in arms}
     inits = {Path(e["init"]).parent.name for es in ev.values() for e in es}
     teachers = ev["mopd"][0]["teachers"]
     if any(e["teachers"][d]["checkpoint"] != teachers[d]["checkpoint"] for e in ev["mopd"] for d in teachers):
@@ -282,19 +305,20 @@ def mopd(args) -> None:
     start = ev["mopd"][0]["before"]
     print(f"\nstarting checkpoint(s): {sorted(inits)}; teachers: "
           + ", ".join(f"{d} {Path(t['checkpoint']).parent.name}" for d, t in teachers.items()))
-    print("\n| held-out success | start | teacher (its domain) | grpo --quick after | mopd --quick after |")
-    print("|---|---|---|---|---|")
+    names = {"grpo": "grpo --quick after", "mopd": "mopd --quick after", "mopd_a0": "mopd, α = 0, after"}
+    print("\n| held-out success | start | teacher (its domain) | " + " | ".join(names[a] for a in arms) + " |")
+    print("|---|---|---|" + "---|" * len(arms))
     for key, label in (("success", "mixed (sampled)"), ("success_greedy", "mixed (greedy)"),
                        ("success_arith", "arithmetic"), ("success_lookup", "lookup")):
         dom = key[len("success_"):]
         t = f"{teachers[dom]['success']:.3f}" if dom in teachers else "-"
-        print(f"| {label} | {start[key]:.3f} | {t} | {fmt([e['after'][key] for e in ev['grpo']])} | "
-              f"{fmt([e['after'][key] for e in ev['mopd']])} |")
-    print("\n| student / teacher on the teacher's domain | grpo --quick | mopd --quick |")
-    print("|---|---|---|")
+        print(f"| {label} | {start[key]:.3f} | {t} | " + " | ".join(fmt([e['after'][key] for e in ev[a]]) for a in arms)
+              + " |")
+    print("\n| student / teacher on the teacher's domain | " + " | ".join(a for a in arms) + " |")
+    print("|---|" + "---|" * len(arms))
     for dom, t in teachers.items():
-        print(f"| {dom} | {fmt([e['after'][f'success_{dom}'] / t['success'] for e in ev['grpo']])} | "
-              f"{fmt([e['after'][f'success_{dom}'] / t['success'] for e in ev['mopd']])} |")
+        print(f"| {dom} | " + " | ".join(fmt([e['after'][f'success_{dom}'] / t['success'] for e in ev[a]]) for a in arms)
+              + " |")
     for i, seed in enumerate(args.seeds):
         g, m = ev["grpo"][i]["after"], ev["mopd"][i]["after"]
         print(f"  seed {seed}: mopd minus grpo: " + ", ".join(f"{dom} {m[f'success_{dom}'] - g[f'success_{dom}']:+.4f}"
@@ -307,7 +331,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="bench/out/recipes")
     parser.add_argument("--run", action="store_true", help="train the runs that are missing")
-    parser.add_argument("--ablation", action="store_true", help="faithrl: also the α = 1 arm (trained when missing)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="faithrl: also the α = 1 arm; mopd: also the α = 0 arm (trained when missing)")
     args = parser.parse_args(argv)
     import torch
 

@@ -151,10 +151,11 @@ def ensure_teacher(cfg, domain: str, init: str, progress: bool = True) -> Path:
     return out / "final"
 
 
-def run(args, recipe, cfg, teachers: dict | None = None) -> dict:
+def run(args, recipe, cfg, teachers: dict | None = None, alpha: float = ALPHA, recipe_name: str | None = None) -> dict:
     """Build (or find) the teachers, run the RL loop with the MOPD advantage on ``mixed``, then
     evaluate each teacher on the same held-out questions into ``eval.json``. ``teachers``:
-    ``{domain: checkpoint}`` to use instead of the cached ``grpo --quick`` teachers."""
+    ``{domain: checkpoint}`` to use instead of the cached ``grpo --quick`` teachers; ``alpha``:
+    the weight of the GRPO advantage (0: distillation alone)."""
     from hysparse_kernels.models import load_pretrained
     from .. import runs
     from ..evaluate import evaluate
@@ -166,8 +167,8 @@ def run(args, recipe, cfg, teachers: dict | None = None) -> dict:
     paths = dict(teachers) if teachers else {d: ensure_teacher(cfg, d, init, progress=not args.no_progress)
                                              for d in DOMAINS}
     models = {d: load_pretrained(p) for d, p in paths.items()}
-    summary = train_rl(cfg, out, init=init, rewards=MopdRewards(models), resume=args.resume,
-                       progress=not args.no_progress, recipe_name=recipe.name)
+    summary = train_rl(cfg, out, init=init, rewards=MopdRewards(models, alpha), resume=args.resume,
+                       progress=not args.no_progress, recipe_name=recipe_name or recipe.name)
     if "stopped_at" in summary:
         return summary
     report = runs.read_json(out / "eval.json")
