@@ -4,6 +4,8 @@
     python bench/recipes_compare.py faithrl [--seeds 0 1 2] [--out bench/out/recipes] [--run] [--ablation]
     python bench/recipes_compare.py tspo    [--seeds 0 1 2] [--out bench/out/recipes] [--run]
     python bench/recipes_compare.py aoi     [--seeds 0 1 2] [--out bench/out/recipes] [--run]
+    python bench/recipes_compare.py tool_grpo [--seeds 0 1 2] [--out bench/out/recipes] [--run]
+    python bench/recipes_compare.py mopd    [--seeds 0 1 2] [--out bench/out/recipes] [--run] [--ablation]
 
 ``faithrl``: ``faithrl --quick`` vs ``grpo --quick`` on lookup (run directories
 ``{recipe}-lookup-quick-s{seed}``; ``--run`` trains the missing ones one after the other, as a
@@ -20,6 +22,16 @@ zero-variance group share of both rewards on the same rollouts.
 
 ``aoi``: ``aoi --quick`` per seed (``aoi-quick-s{seed}``): the learned policy's per-slot reward,
 AoI and cost against zero-wait, the best fixed period and the best threshold.
+
+``tool_grpo``: ``tool_grpo --quick`` vs ``grpo --quick --task toolmix`` (outcome reward only; same
+task, tools, warm start, steps and seeds): per domain, tool calls per episode before and after,
+success, format, and success with tool names from the held-out pool (the grpo arm's final
+checkpoints are evaluated for it here, by the same function, cached in ``heldout_names.json``).
+
+``mopd``: ``mopd --quick`` vs ``grpo --quick --task mixed``: each teacher's held-out success on its
+domain (from the mopd runs' ``eval.json``, same questions and decoding), and each student's
+success per domain and its ratio to the teacher's. ``--ablation`` adds mopd with α = 0 (the
+teacher term alone), trained in-process.
 """
 
 from __future__ import annotations
@@ -32,9 +44,10 @@ import sys
 from pathlib import Path
 
 
-def run_recipe(name: str, seed: int, out: Path, task: str | None) -> None:
+def run_recipe(name: str, seed: int, out: Path, task: str | None, init: str | None = None) -> None:
     cmd = [sys.executable, "-m", "hysparse_kernels.cli", "recipe", "run", name, "--quick", "--seed", str(seed),
            "--out", str(out), "--no-progress", "--threads", "1"] + (["--task", task] if task else [])
+    cmd += ["--init-from", init] if init else []
     print("$", " ".join(["hysparse", *cmd[3:]]), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -197,18 +210,134 @@ def aoi(args) -> None:
     print(f"learned minus best threshold (reward / slot): {fmt(gaps, 4)}")
 
 
+def _after(d: Path) -> dict:
+    report = json.loads((d / "eval.json").read_text())
+    if not report.get("after"):
+        raise ValueError(f"{d}: the run has no final evaluation yet")
+    return report
+
+
+def tool_grpo(args) -> None:
+    from types import SimpleNamespace
+
+    from hysparse_kernels.training.rl.recipes.tool_grpo import heldout_names_eval
+
+    root = Path(args.out)
+    for seed in args.seeds:
+        for recipe in ("tool_grpo", "grpo"):  # grpo starts from tool_grpo's warm start (800 SFT steps)
+            d = root / f"{recipe}-toolmix-quick-s{seed}"
+            if args.run and not (d / "eval.json").exists():
+                init = json.loads((root / f"tool_grpo-toolmix-quick-s{seed}" / "config.json").read_text())["init"]
+                run_recipe(recipe, seed, d, "toolmix", None if recipe == "tool_grpo" else init)
+    ev = {r: [_after(root / f"{r}-toolmix-quick-s{s}") for s in args.seeds] for r in ("grpo", "tool_grpo")}
+    for seed, report in zip(args.seeds, ev["grpo"]):  # the baseline arm: held-out names evaluated here
+        d = root / f"grpo-toolmix-quick-s{seed}"
+        cache = d / "heldout_names.json"
+        if not cache.exists():
+            cfg = SimpleNamespace(**{k: v for k, v in json.loads((d / "config.json").read_text()).items()})
+            print(f"{d.name}: evaluating the final checkpoint with held-out tool names", flush=True)
+            cache.write_text(json.dumps({"after": heldout_names_eval(d / "final", cfg)}))
+        report["heldout_names"] = json.loads(cache.read_text())
+    inits = {Path(e["init"]).parent.name for es in ev.values() for e in es}
+    start, start_h = ev["tool_grpo"][0]["before"], ev["tool_grpo"][0]["heldout_names"]["before"]
+    print(f"\nstarting checkpoint(s): {sorted(inits)}")
+    print("\n| held-out metric | start | grpo --quick after | tool_grpo --quick after |")
+    print("|---|---|---|---|")
+    keys = [("success", "success (sampled)"), ("success_greedy", "success (greedy)"), ("success_arith", "success, arithmetic"),
+            ("success_lookup", "success, lookup"), ("format_ok", "well-formed episodes")]
+    for dom in ("arith", "lookup"):
+        for role in ("calculator", "search", "reverse", "unknown"):
+            keys.append((f"calls_{dom}_{role}", f"{dom}: {role} calls / episode"))
+    for key, label in keys:
+        print(f"| {label} | {start[key]:.3f} | {fmt([e['after'][key] for e in ev['grpo']])} | "
+              f"{fmt([e['after'][key] for e in ev['tool_grpo']])} |")
+    print("\nwith tool names from the held-out pool (never seen in training), same questions:\n")
+    print("| held-out names | start | grpo --quick after | tool_grpo --quick after |")
+    print("|---|---|---|---|")
+    for key, label in [("success", "success (sampled)"), ("success_arith", "success, arithmetic"),
+                       ("success_lookup", "success, lookup"), ("format_ok", "well-formed episodes"),
+                       ("calls_arith_calculator", "arith: calculator calls / episode"),
+                       ("calls_lookup_search", "lookup: search calls / episode"),
+                       ("calls_arith_reverse", "arith: reverse calls / episode"),
+                       ("calls_lookup_reverse", "lookup: reverse calls / episode")]:
+        print(f"| {label} | {start_h[key]:.3f} | {fmt([e['heldout_names']['after'][key] for e in ev['grpo']])} | "
+              f"{fmt([e['heldout_names']['after'][key] for e in ev['tool_grpo']])} |")
+    for i, seed in enumerate(args.seeds):
+        g, t = ev["grpo"][i], ev["tool_grpo"][i]
+        print(f"  seed {seed}: tool_grpo minus grpo success {t['after']['success'] - g['after']['success']:+.4f}, "
+              f"held-out names {t['heldout_names']['after']['success'] - g['heldout_names']['after']['success']:+.4f}")
+
+
+def run_mopd_alpha0(seed: int, out: Path) -> None:
+    """The ablation arm: ``mopd --quick`` with α = 0 (the teacher term alone, no outcome
+    advantage), same warm start and cached teachers, trained in-process."""
+    from types import SimpleNamespace
+
+    from hysparse_kernels.training.rl.cli import build_config
+    from hysparse_kernels.training.rl.recipes import get_recipe
+    from hysparse_kernels.training.rl.recipes.mopd import run
+
+    recipe = get_recipe("mopd")
+    flags = dict(quick=True, task="mixed", steps=None, seed=seed, model=None, init_from=None, num_draft=None, eval_n=None)
+    cfg = build_config(recipe, SimpleNamespace(**flags))
+    print(f"$ mopd --quick --seed {seed} with alpha = 0 -> {out}", flush=True)
+    run(SimpleNamespace(out=str(out), resume=False, no_progress=True), recipe, cfg, alpha=0.0, recipe_name="mopd-alpha0")
+
+
+def mopd(args) -> None:
+    root = Path(args.out)
+    for seed in args.seeds:
+        for recipe in ("grpo", "mopd"):
+            d = root / f"{recipe}-mixed-quick-s{seed}"
+            if args.run and not (d / "eval.json").exists():
+                run_recipe(recipe, seed, d, "mixed")
+    arms = ("grpo", "mopd") + (("mopd_a0",) if args.ablation else ())
+    if args.ablation:
+        for seed in args.seeds:
+            d = root / f"mopd_a0-mixed-quick-s{seed}"
+            if not (d / "eval.json").exists() or json.loads((d / "eval.json").read_text()).get("after") is None:
+                run_mopd_alpha0(seed, d)
+    ev = {r: [_after(root / f"{r}-mixed-quick-s{s}") for s in args.seeds] for r in arms}
+    inits = {Path(e["init"]).parent.name for es in ev.values() for e in es}
+    teachers = ev["mopd"][0]["teachers"]
+    if any(e["teachers"][d]["checkpoint"] != teachers[d]["checkpoint"] for e in ev["mopd"] for d in teachers):
+        raise ValueError("the mopd runs were distilled from different teachers")
+    start = ev["mopd"][0]["before"]
+    print(f"\nstarting checkpoint(s): {sorted(inits)}; teachers: "
+          + ", ".join(f"{d} {Path(t['checkpoint']).parent.name}" for d, t in teachers.items()))
+    names = {"grpo": "grpo --quick after", "mopd": "mopd --quick after", "mopd_a0": "mopd, α = 0, after"}
+    print("\n| held-out success | start | teacher (its domain) | " + " | ".join(names[a] for a in arms) + " |")
+    print("|---|---|---|" + "---|" * len(arms))
+    for key, label in (("success", "mixed (sampled)"), ("success_greedy", "mixed (greedy)"),
+                       ("success_arith", "arithmetic"), ("success_lookup", "lookup")):
+        dom = key[len("success_"):]
+        t = f"{teachers[dom]['success']:.3f}" if dom in teachers else "-"
+        print(f"| {label} | {start[key]:.3f} | {t} | " + " | ".join(fmt([e['after'][key] for e in ev[a]]) for a in arms)
+              + " |")
+    print("\n| student / teacher on the teacher's domain | " + " | ".join(a for a in arms) + " |")
+    print("|---|" + "---|" * len(arms))
+    for dom, t in teachers.items():
+        print(f"| {dom} | " + " | ".join(fmt([e['after'][f'success_{dom}'] / t['success'] for e in ev[a]]) for a in arms)
+              + " |")
+    for i, seed in enumerate(args.seeds):
+        g, m = ev["grpo"][i]["after"], ev["mopd"][i]["after"]
+        print(f"  seed {seed}: mopd minus grpo: " + ", ".join(f"{dom} {m[f'success_{dom}'] - g[f'success_{dom}']:+.4f}"
+                                                             for dom in teachers))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", choices=["faithrl", "tspo", "aoi"])
+    parser.add_argument("recipe", choices=["faithrl", "tspo", "aoi", "tool_grpo", "mopd"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="bench/out/recipes")
     parser.add_argument("--run", action="store_true", help="train the runs that are missing")
-    parser.add_argument("--ablation", action="store_true", help="faithrl: also the α = 1 arm (trained when missing)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="faithrl: also the α = 1 arm; mopd: also the α = 0 arm (trained when missing)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    {"faithrl": faithrl, "tspo": tspo, "aoi": aoi}[args.recipe](args)
+    {"faithrl": faithrl, "tspo": tspo, "aoi": aoi, "tool_grpo": tool_grpo, "mopd": mopd}[args.recipe](args)
     return 0
 
 

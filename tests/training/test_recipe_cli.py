@@ -113,7 +113,7 @@ def test_errors_name_the_problem(argv, message, capsys):
 def test_errors_are_one_line_without_traceback():
     res = run_cli("recipe", "run", "grpo", "--out", "x", "--task", "chess")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip() == "hysparse recipe: error: --task: recipe 'grpo' runs on ['lookup', 'arith'], got 'chess'"
+    assert res.stderr.strip() == "hysparse recipe: error: --task: recipe 'grpo' runs on ['lookup', 'arith', 'arith30', 'mixed', 'toolmix'], got 'chess'"
 
 
 def test_model_and_init_from_exclude_each_other():

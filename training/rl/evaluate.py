@@ -65,6 +65,9 @@ def summarize(verdicts: list[Verdict], rollouts: list[Rollout], examples: list[E
     for h in hops:
         idx = [i for i, e in enumerate(examples) if e.meta.get("hops") == h]
         out[f"success_hops{h}"] = sum(verdicts[i].success for i in idx) / len(idx)
+    for d in sorted({e.meta["domain"] for e in examples if "domain" in e.meta}):
+        idx = [i for i, e in enumerate(examples) if e.meta.get("domain") == d]
+        out[f"success_{d}"] = sum(verdicts[i].success for i in idx) / len(idx)
     return out
 
 
@@ -73,7 +76,8 @@ def evaluate(model, task: Task, *, split: str = "heldout", n: int = 200, tempera
              samples: int = 2, seed: int = 1234, batch: int = 128, greedy: bool = True, judge=None) -> dict:
     """Success of ``model`` on the first ``n`` examples of ``split``: sampled (``samples`` per
     example, the policy's own distribution) and greedy. Keys: ``success`` (sampled),
-    ``success_greedy``, ``reward``, ``rate_<outcome>``, ``response_tokens``, per-hop success.
+    ``success_greedy``, ``reward``, ``rate_<outcome>``, ``response_tokens``, per-hop success,
+    per-domain success (``success_<meta["domain"]>``) and the task's ``rollout_metrics`` if it has them.
     ``judge(examples, rollouts, verdicts) -> dict``: more metrics of the sampled rollouts (a
     recipe's, e.g. step faithfulness), merged in."""
     tok = ByteTokenizer()
@@ -83,6 +87,8 @@ def evaluate(model, task: Task, *, split: str = "heldout", n: int = 200, tempera
     reps = [e for e in examples for _ in range(samples)]
     rollouts, verdicts, _ = run_task(sampled, task, reps, tok, gen, batch)
     out = summarize(verdicts, rollouts, reps)
+    if hasattr(task, "rollout_metrics"):  # a task's own measurements (tool calls per domain, ...)
+        out.update(task.rollout_metrics(reps, rollouts, verdicts))
     if judge is not None:
         out.update(judge(reps, rollouts, verdicts))
     out.update({"n": len(examples), "samples": samples, "temperature": temperature, "top_p": top_p, "split": split})

@@ -4,8 +4,8 @@ One step: draw ``prompts_per_step`` training questions, roll each out ``group_si
 (``rollout.RolloutEngine``), judge them (``Task.verify``), turn verdicts into token rewards (the
 recipe's ``rewards`` hook, or the outcome reward on the last model token, plus DAPO's overlong
 penalty when set), optionally drop all-right / all-wrong groups and sample more (DAPO dynamic
-sampling), compute advantages (``algos`` registry, per-token inputs), recompute the old
-policy's log-probs (and the reference policy's when ``kl_coef > 0``), then for each of
+sampling), compute advantages (``algos`` registry, per-token inputs), with the old
+policy's log-probs (and the reference policy's when ``kl_coef > 0``) recomputed first, then for each of
 ``minibatches`` shuffled slices: policy log-probs with gradients, ``algos.policy_objective``,
 backward, clip, optimizer step.
 
@@ -118,9 +118,14 @@ class StepContext:
     """What a recipe's ``rewards`` hook sees: the task, the rollouts and their examples, verdicts
     and collated tensors (``rollout.collate``), and the tokenizer.
 
+    ``old_logprobs [N, L]`` (float64): the current policy's log-probs of the response tokens,
+    recomputed before the update (π_old; ``batch["old_logprobs"]`` are the sampler's, π_rollout).
+
     The hook may also fill in ``step_ids [N, L]`` (a reasoning-step id per response token, -1:
     none) and ``extra`` (anything its advantage estimator reads), which the trainer hands to the
-    estimator in ``AdvantageInput``, and ``metrics`` (floats added to the step's metrics row)."""
+    estimator in ``AdvantageInput``, ``loss_mask [N, L]`` (0 drops a model token from the loss:
+    multiplied into the response mask the loss and its aggregation see), and ``metrics`` (floats
+    added to the step's metrics row)."""
 
     task: object
     examples: list
@@ -129,7 +134,9 @@ class StepContext:
     batch: dict
     tokenizer: ByteTokenizer
     config: RLConfig
+    old_logprobs: torch.Tensor | None = None
     step_ids: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None
     extra: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)
 
@@ -257,7 +264,14 @@ class Trainer:
         cfg = self.cfg
         batch = collate(rollouts, self.tok.pad)
         mask = batch["response_mask"]
-        ctx = StepContext(self.task, examples, rollouts, verdicts, batch, self.tok, cfg)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            old, _ = sequence_logprobs(self.policy, batch, cfg.temperature, cfg.top_p)
+            ref = sequence_logprobs(self.reference, batch, cfg.temperature, cfg.top_p)[0] if self.reference is not None else None
+        gap = float(((old.double() - batch["old_logprobs"]).abs() * mask).max())
+        t_logprob = time.perf_counter() - t1
+
+        ctx = StepContext(self.task, examples, rollouts, verdicts, batch, self.tok, cfg, old_logprobs=old.double())
         token_rewards = self.rewards(ctx).double()
         if cfg.overlong_buffer:
             pen = overlong_penalty(mask.sum(-1), self.params.max_new_tokens, cfg.overlong_buffer, cfg.overlong_factor)
@@ -266,13 +280,10 @@ class Trainer:
             AdvantageInput(token_rewards, mask.double(), torch.tensor(groups), batch["turn_ids"], ctx.step_ids, ctx.extra),
             self.algo)
         recipe_metrics = {k: float(v) for k, v in ctx.metrics.items()}  # a recipe's own (rewards hook)
-
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            old, _ = sequence_logprobs(self.policy, batch, cfg.temperature, cfg.top_p)
-            ref = sequence_logprobs(self.reference, batch, cfg.temperature, cfg.top_p)[0] if self.reference is not None else None
-        gap = float(((old.double() - batch["old_logprobs"]).abs() * mask).max())
-        t_logprob = time.perf_counter() - t1
+        if ctx.loss_mask is not None:  # tokens the recipe drops from the loss
+            if ctx.loss_mask.shape != mask.shape:
+                raise ValueError(f"loss_mask: expected shape {tuple(mask.shape)}, got {tuple(ctx.loss_mask.shape)}")
+            batch = {**batch, "response_mask": mask * ctx.loss_mask.to(mask.dtype)}
 
         order = torch.randperm(len(rollouts), generator=self.generator)
         parts = [p for p in order.chunk(cfg.minibatches) if len(p)]

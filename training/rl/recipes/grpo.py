@@ -18,5 +18,6 @@ RECIPE = register_recipe(Recipe(
     summary="GRPO: (r - mean) / std group advantages, PPO clip 0.2, seq-mean-token-mean, k3 KL (beta 0.04)",
     overrides=dict(advantage="grpo", loss="ppo_clip", aggregation="seq-mean-token-mean", eps_low=0.2, eps_high=0.2,
                    kl_coef=0.04),
+    tasks=("lookup", "arith", "arith30", "mixed", "toolmix"),
     module=__name__,
 ))

@@ -1,7 +1,10 @@
 """Verifiable tasks, generated offline and deterministic by seed (train / dev / heldout splits).
 
 ``get_task("lookup")`` (multi-hop lookup QA with a search tool), ``"arith"`` (two-operand
-arithmetic), ``"countdown"`` (reach a target with the given numbers).
+arithmetic), ``"countdown"`` (reach a target with the given numbers), ``"arith30"`` (operands
+below 30), ``"mixed"`` (arith30 and lookup interleaved), ``"toolmix"`` (arithmetic with ``+ - *``
+and lookup, with a calculator, a search tool and a distractor under per-episode names; option
+``names``).
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 from .arith import Arithmetic, Countdown, evaluate_expression
 from .base import OUTCOMES, SPLITS, Example, Segment, Task, Verdict
 from .lookup import ABSTAIN, FactBase, LookupQA
+from .mixed import MixedTask, SmallArithmetic, ToolMix
 
-TASKS: dict[str, type[Task]] = {"lookup": LookupQA, "arith": Arithmetic, "countdown": Countdown}
+TASKS: dict[str, type[Task]] = {"lookup": LookupQA, "arith": Arithmetic, "countdown": Countdown, "arith30": SmallArithmetic,
+                                 "mixed": MixedTask, "toolmix": ToolMix}
 
 
 def get_task(name: str, seed: int = 0, **options) -> Task:
@@ -21,4 +26,4 @@ def get_task(name: str, seed: int = 0, **options) -> Task:
 
 
 __all__ = ["TASKS", "get_task", "Task", "Example", "Segment", "Verdict", "SPLITS", "OUTCOMES", "LookupQA", "FactBase",
-           "ABSTAIN", "Arithmetic", "Countdown", "evaluate_expression"]
+           "ABSTAIN", "Arithmetic", "Countdown", "evaluate_expression", "MixedTask", "ToolMix"]
