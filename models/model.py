@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hysparse_kernels.ir import Dense, Full, ModelGraph, OracleSparse
-from .layers import RMSNorm, Step, SwiGLU, attention_for
+from hysparse_kernels.ir import Full, ModelGraph, OracleSparse
+from .layers import RMSNorm, Step, attention_for
+from .moe import ffn_for
 
 
 def selector_of(graph: ModelGraph) -> dict[int, OracleSparse]:
@@ -34,14 +35,6 @@ def selector_of(graph: ModelGraph) -> dict[int, OracleSparse]:
             if (prev.topk, prev.block_size) != (layer.pattern.topk, layer.pattern.block_size):
                 raise ValueError(f"layer {layer.index}: sparse layers after full layer {last_full} disagree on top-k/block size")
     return out
-
-
-def ffn_for(spec, hidden: int) -> nn.Module:
-    if isinstance(spec.ffn, Dense):
-        return SwiGLU(hidden, spec.ffn.intermediate)
-    from .moe import MoEBlock
-
-    return MoEBlock(spec.ffn, hidden)
 
 
 class DecoderLayer(nn.Module):

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from hysparse_kernels.ir import Full, LayerSpec, MTPSpec
 from .layers import RMSNorm, Step, attention_for
+from .moe import ffn_for
 
 
 def mtp_layer_spec(spec: MTPSpec, index: int) -> LayerSpec:
@@ -51,8 +52,6 @@ class MTPBlock(nn.Module):
 
     def __init__(self, spec: MTPSpec, hidden: int, index: int, eps: float):
         super().__init__()
-        from .model import ffn_for
-
         layer = mtp_layer_spec(spec, index)
         self.layout = spec.layout
         emb_norm, hidden_norm, proj, self.emb_first, mlp_norm = LAYOUT_NAMES[spec.layout]

@@ -28,6 +28,7 @@ def test_provider_supplies_configs_on_the_gpu_path(monkeypatch):
         seen.append((op, shape["sk"]))
         return tuned if shape["sk"] >= 8192 else None  # no entry for short sequences
 
+    previous = config._provider
     config.set_config_provider(provider)
     try:
         assert config.config_for("attention_fwd", {"dqk": 128, "dv": 128, "sk": 16384}) == tuned
@@ -35,7 +36,7 @@ def test_provider_supplies_configs_on_the_gpu_path(monkeypatch):
         assert fallback == config.default_config("attention_fwd", {"dqk": 128, "dv": 128, "sk": 1024})
         assert seen == [("attention_fwd", 16384), ("attention_fwd", 1024)]
     finally:
-        config.set_config_provider(None)
+        config.set_config_provider(previous)  # the autotune cache, as the other tests expect
 
 
 def test_heuristic_default_follows_head_dim(monkeypatch):
@@ -47,11 +48,12 @@ def test_heuristic_default_follows_head_dim(monkeypatch):
 
 def test_single_config_under_the_interpreter(monkeypatch):
     monkeypatch.setattr(config, "interpreted", lambda: True)
+    previous = config._provider
     config.set_config_provider(lambda op, shape: config.Config(256, 256, 8, 4))
     try:
         assert config.config_for("attention_fwd", {"sk": 16384}).num_stages == 1
     finally:
-        config.set_config_provider(None)
+        config.set_config_provider(previous)  # the autotune cache, as the other tests expect
 
 
 def test_head_block_pads_to_a_power_of_two():

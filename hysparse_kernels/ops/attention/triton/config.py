@@ -13,10 +13,12 @@ default, and the hook through which tuned configs will be supplied.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
+
+from .tuned_configs import Config, from_cache
 
 
 def interpreted() -> bool:
@@ -65,19 +67,6 @@ def check_dtype(name: str, t: torch.Tensor) -> None:
             f"{name}: the triton backend takes float16, bfloat16 or float32, got {t.dtype} "
             f"(use backend='reference' for float64)"
         )
-
-
-@dataclass(frozen=True)
-class Config:
-    """Tile sizes and launch parameters of one kernel launch."""
-
-    block_m: int = 64  # query rows per program (or rows of the score tile)
-    block_n: int = 64  # keys per KV tile
-    num_warps: int = 4
-    num_stages: int = 2
-
-    def launch(self) -> dict:
-        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
 # ---------------------------------------------------------------- vendor config lists
@@ -162,7 +151,5 @@ def config_for(op: str, shape: dict) -> Config:
     return default_config(op, shape)
 
 
-# The autotune cache answers by default (imported last: it needs Config).
-from .tuned_configs import from_cache as _from_cache  # noqa: E402
-
-set_config_provider(_from_cache)
+# The autotune cache answers by default.
+set_config_provider(from_cache)

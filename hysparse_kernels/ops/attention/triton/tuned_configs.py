@@ -2,7 +2,7 @@
 
 ``config.config_for(op, shape)`` asks :func:`from_cache` first (outside the interpreter): it
 translates the launcher's op and shape names into the cache's (``hysparse_kernels.tuned``) and
-returns the tuned :class:`~.config.Config` of the nearest bucket on the current GPU, or ``None``
+returns the tuned :class:`Config` of the nearest bucket on the current GPU, or ``None``
 (then the heuristic default runs, with one warning per op and device).
 
 :func:`guarded` wraps a launcher: if a launch that used a tuned config raises (e.g. out of
@@ -14,10 +14,23 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from .... import tuned
-from .config import Config
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tile sizes and launch parameters of one Triton kernel launch (a tuned entry's ``config``)."""
+
+    block_m: int = 64  # query rows per program (or rows of the score tile)
+    block_n: int = 64  # keys per KV tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def launch(self) -> dict:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+
 
 # launcher op name -> op name of the dispatch registry / the cache files
 OPS = {"sparse_attention": "sparse_attention_fwd", "decode": "attention_decode"}

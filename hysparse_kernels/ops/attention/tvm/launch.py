@@ -3,16 +3,12 @@ outputs with torch and run the kernels on the tensors through DLPack (zero copy)
 
 from __future__ import annotations
 
-import hashlib
-import pathlib
-from functools import lru_cache
-
 import torch
 
 from .... import dispatch, tuned
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from .host import _DTYPES, _c, _sink_arg, _source_hash
 
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
 # 48 x (Dqk + Dv) FMAs while Q, S, P and the accumulator of a task stay in L2, and split into the
 # kernel's 6-row register tiles.
@@ -41,15 +37,6 @@ FEW_QUERIES = 8
 SWA_MAX_WINDOW = 512
 
 
-@lru_cache(maxsize=1)
-def _source_hash() -> str:
-    here = pathlib.Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("common.py", "dense.py", "rows.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _reference(op: str):
     return dispatch.get_impl(op, "reference")
 
@@ -58,21 +45,9 @@ def _supported(*tensors) -> bool:
     return all(t.dtype in _DTYPES for t in tensors)
 
 
-def _c(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
 # Placeholders for the buffers a specialisation does not read (never written by the kernels).
-_NO_SINK = torch.zeros(1, dtype=torch.float32)
 _NO_SCORES = torch.zeros(1, 1, 1, 1, dtype=torch.float32)
 _NO_INDICES = torch.zeros(1, 1, 1, 1, dtype=torch.int32)
-
-
-def _sink_arg(sink):
-    # The kernels read the sink as fp32 [Hq]; without a sink a 1-element placeholder is passed.
-    if sink is None:
-        return _NO_SINK
-    return _c(sink.detach().to(torch.float32))
 
 
 def _heuristic(window, dense=True, group=1, seqlen_k=0) -> dict:
