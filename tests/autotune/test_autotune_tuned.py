@@ -67,7 +67,7 @@ def test_answers_are_cached_in_memory(monkeypatch):
     store({"rows": 16})
     assert look() == {"rows": 16}
     calls = []
-    monkeypatch.setattr(tuned, "read_entries", lambda *a, **k: calls.append(1) or {})
+    monkeypatch.setattr(tuned.cache, "read_entries", lambda *a, **k: calls.append(1) or {})
     for _ in range(100):
         assert look(seq_q=4000, seq_k=4000) == {"rows": 16}  # same bucket: no file read
     assert calls == []
@@ -114,7 +114,7 @@ def test_shipped_defaults_used_when_the_user_has_none(cache, tmp_path, monkeypat
     shipped = tmp_path / "shipped"
     (shipped / tuned.device_key("cpu")).mkdir(parents=True)
     (cache / tuned.device_key("cpu") / "attention_fwd.json").rename(shipped / tuned.device_key("cpu") / "attention_fwd.json")
-    monkeypatch.setattr(tuned, "SHIPPED", shipped)
+    monkeypatch.setattr(tuned.cache, "SHIPPED", shipped)
     tuned.invalidate()
     assert look() == {"rows": 16}  # from the package
     store({"rows": 64})  # the user's own entry for this bucket wins
@@ -202,7 +202,7 @@ def test_bucket_key_and_device_key():
 
 
 def test_a_device_this_machine_lacks_has_no_tuned_configs(monkeypatch):
-    monkeypatch.setattr(tuned, "_cuda_present", lambda: False)
+    monkeypatch.setattr(tuned.query, "_cuda_present", lambda: False)
     assert tuned.lookup("attention_fwd", backend="triton", device="cuda", shape=ATT) is None
 
 

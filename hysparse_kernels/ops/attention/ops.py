@@ -20,15 +20,16 @@ Ops (all outputs are new, contiguous tensors; nothing is mutated):
 
 from __future__ import annotations
 
+import pathlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ... import dispatch
+from ... import dispatch, tuned
 
 _REF = "hysparse_kernels.ops.attention.reference"
-for _op, _fn in {
+_REFERENCE = {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
     "attention_block_scores": "attention_with_block_scores",
@@ -37,8 +38,12 @@ for _op, _fn in {
     "sparse_attention_bwd": "sparse_attention_bwd",
     "attention_decode": "attention_decode",
     "sparse_attention_decode": "sparse_attention_decode",
-}.items():
+}
+for _op, _fn in _REFERENCE.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
+# The kernel sources whose hash keys each backend's tuned configs of these ops.
+_HERE = pathlib.Path(__file__).parent
+tuned.register_sources("attention", _REFERENCE, {"tvm": [_HERE / "tvm"], "triton": [_HERE / "triton"]})
 
 # TVM kernels for the CPU, forward and backward (topk_blocks stays on the reference: a sort, no
 # kernel to win). They compute in fp32 and take half and single precision; float64 (the oracle's

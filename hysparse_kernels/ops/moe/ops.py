@@ -18,16 +18,17 @@ Ops (outputs are new tensors; nothing is mutated):
 
 from __future__ import annotations
 
+import pathlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ... import dispatch
+from ... import dispatch, tuned
 
 _PKG = "hysparse_kernels.ops.moe"
 _REF = f"{_PKG}.reference"
-for _op, _fn in {
+_REFERENCE = {
     "moe_route": "route",
     "moe_permute": "moe_permute",
     "moe_unpermute": "moe_unpermute",
@@ -35,8 +36,12 @@ for _op, _fn in {
     "grouped_gemm_wgrad": "grouped_gemm_wgrad",
     "moe_fwd": "moe",
     "moe_bwd": "moe_bwd",
-}.items():
+}
+for _op, _fn in _REFERENCE.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
+# The kernel sources whose hash keys each backend's tuned configs of these ops.
+_HERE = pathlib.Path(__file__).parent
+tuned.register_sources("moe", _REFERENCE, {"tvm": [_HERE / "tvm.py", _HERE / "tvm_kernels.py"], "triton": [_HERE / "triton"]})
 
 # Optimised backends (forward kernels; the backward passes run where a backend has them, else on
 # the reference, see `_bwd_backend`).
