@@ -32,14 +32,7 @@ def next_pow2(n: int) -> int:
 
 # The smallest HySparse block the Triton kernels take: a block is a KV tile, and tl.dot needs
 # tiles of at least 16. Smaller blocks (any power of two is valid) run the reference path.
-MIN_BLOCK = 16
-
-
-def reference_impl(op: str):
-    """The reference implementation of ``op`` (for the inputs these kernels do not take)."""
-    from .... import dispatch
-
-    return dispatch.get_impl(op, "reference")
+MIN_BLOCK = 16  # smaller blocks are not accepted (``accepts_*`` of the kernel modules): dispatch runs them elsewhere
 
 
 def head_block(d: int) -> int:

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, reference_impl
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block
 from .tuned_configs import guarded
 
 LOG2E = 1.4426950408889634
@@ -255,8 +255,11 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale):
 
     The KV tile is the block; memory beyond the outputs is one fp32 tile maximum per (query head,
     query, block): ``1 / block_size`` of a score matrix, never ``S x S``. Blocks smaller than
-    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) run the reference path.
+    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("attention_block_scores")(q, k, v, block_size, causal, scale)
     return guarded(lambda: _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size))
+
+
+def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys (the block is the KV tile of a ``tl.dot``)."""
+    return block_size >= MIN_BLOCK

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
 from .fwd import _masked_pv
 
 LOG2E = 1.4426950408889634
@@ -173,10 +173,8 @@ def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
 
         out, lse = sparse_attention_fwd(q, k, v, idx, 64, None, q.shape[-1] ** -0.5)
 
-    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
+    Blocks smaller than ``MIN_BLOCK`` (16) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("sparse_attention_fwd")(q, k, v, indices, block_size, sink, scale)
     return _launch_sparse(q, k, v, indices, block_size, sink, scale)
 
 
@@ -186,9 +184,16 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
     q ``[B, Hq, Sq, Dqk]`` (Sq = 1 or 1 + draft tokens), caches ``[B, Hkv, Smax, D]`` with
     ``cache_seqlens [B]`` valid keys. The selected keys are few (k blocks), so one program per
     (query, KV group) suffices; no split over the cache is needed. Blocks smaller than
-    ``MIN_BLOCK`` (16) run the reference path.
+    ``MIN_BLOCK`` (16) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size,
-                                                         sink, scale)
     return _launch_sparse(q, k_cache, v_cache, indices, block_size, sink, scale, cache_seqlens=cache_seqlens)
+
+
+def accepts_sparse_attention_fwd(q, k, v, indices, block_size, sink, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys."""
+    return block_size >= MIN_BLOCK
+
+
+def accepts_sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys."""
+    return block_size >= MIN_BLOCK

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .bwd import sink_grad, softmax_delta
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
+from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
 from .sparse import LOG2E, _block_is_new, check_block_size
 
 
@@ -103,10 +103,8 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
 
         dq, dk, dv, dsink = sparse_attention_bwd(dout, dlse, q, k, v, idx, None, out, lse, 64, scale)
 
-    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
+    Blocks smaller than ``MIN_BLOCK`` (16) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("sparse_attention_bwd")(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale)
     check_dtype("q", q)
     check_block_size(block_size)
     q, k, v, dout = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous()
@@ -132,3 +130,8 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
         )
     dsink = sink_grad(sink, lse, delta) if sink is not None else None
     return dq, dk32.to(k.dtype), dv32.to(v.dtype), dsink
+
+
+def accepts_sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys."""
+    return block_size >= MIN_BLOCK
