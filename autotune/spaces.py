@@ -136,7 +136,7 @@ def heuristic(op: str, backend: str, shape: dict) -> dict:
     if backend == "triton":
         return triton_heuristic(op, shape)
     if op == "moe_fwd":
-        from hysparse_kernels.ops.moe.tvm import HEURISTIC
+        from hysparse_kernels.ops.moe.tvm.moe import HEURISTIC
 
         return dict(HEURISTIC)
     from hysparse_kernels.ops.attention.tvm import launch

@@ -59,7 +59,7 @@ def make_task(op: str, backend: str, shape: dict, dtype: str = "bf16", device: s
     if op == "moe_fwd":
         if backend != "tvm":
             raise KeyError(f"op: moe_fwd is tuned on the tvm backend only, not {backend!r}")
-        from hysparse_kernels.ops.moe import tvm as moe_tvm
+        from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
 
         T, D, E, k, I = shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"], shape["intermediate"]
         x = torch.randn(T, D, generator=gen).to(dt)

@@ -100,7 +100,7 @@ _COMPILE_SCRIPT = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from hysparse_kernels.ops.moe.triton import fused, routing
+from hysparse_kernels.ops.moe.triton import moe as fused, route as routing
 
 common = {"p_blk_e": "*i32", "p_blk_start": "*i32", "p_blk_end": "*i32"}
 kernels = [

@@ -68,14 +68,14 @@ _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TRITON_ACCEPTS = ("attention_block_scores", "sparse_attention_fwd", "sparse_attention_bwd", "sparse_attention_decode")
 for _op, _target in {
-    "attention_fwd": "fwd:attention_fwd",
-    "attention_bwd": "bwd:attention_bwd",
-    "attention_block_scores": "fwd:attention_with_block_scores",
-    "topk_blocks": "topk:topk_blocks",
-    "sparse_attention_fwd": "sparse:sparse_attention_fwd",
-    "sparse_attention_bwd": "sparse_bwd:sparse_attention_bwd",
-    "attention_decode": "decode:attention_decode",
-    "sparse_attention_decode": "sparse:sparse_attention_decode",
+    "attention_fwd": "attention:attention_fwd",
+    "attention_bwd": "attention_bwd:attention_bwd",
+    "attention_block_scores": "attention:attention_with_block_scores",
+    "topk_blocks": "topk_blocks:topk_blocks",
+    "sparse_attention_fwd": "sparse_attention:sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_attention_bwd:sparse_attention_bwd",
+    "attention_decode": "attention_decode:attention_decode",
+    "sparse_attention_decode": "sparse_attention:sparse_attention_decode",
 }.items():
     # Triton's dots take half and single precision; float64 stays on the reference under auto.
     # Blocks below the smallest tl.dot tile go to the reference (the kernels' accepts_*).

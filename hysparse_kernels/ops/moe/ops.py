@@ -41,18 +41,18 @@ for _op, _fn in _REFERENCE.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
 # The kernel sources whose hash keys each backend's tuned configs of these ops.
 _HERE = pathlib.Path(__file__).parent
-tuned.register_sources("moe", _REFERENCE, {"tvm": [_HERE / "tvm.py", _HERE / "tvm_kernels.py"], "triton": [_HERE / "triton"]})
+tuned.register_sources("moe", _REFERENCE, {"tvm": [_HERE / "tvm"], "triton": [_HERE / "triton"]})
 
 # Optimised backends (forward kernels; the backward passes run where a backend has them, else on
 # the reference, see `dispatch.backward_backend`).
-dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm:moe")
-dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm:grouped_gemm")
-dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.fused:moe")
-dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.fused:grouped_gemm")
-dispatch.register("moe_route", "triton", f"{_PKG}.triton.routing:route")
+dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm.moe:moe")
+dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm.moe:grouped_gemm")
+dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.moe:moe")
+dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.moe:grouped_gemm")
+dispatch.register("moe_route", "triton", f"{_PKG}.triton.route:route")
 # CUTLASS: 16-bit operands with 16-byte aligned rows; other inputs run on the next backend (Triton).
-dispatch.register("grouped_gemm", "cutlass", f"{_PKG}.cutlass:grouped_gemm", dtypes=(torch.bfloat16, torch.float16),
-                  accepts=f"{_PKG}.cutlass:accepts_grouped_gemm")
+dispatch.register("grouped_gemm", "cutlass", f"{_PKG}.cutlass.grouped_gemm:grouped_gemm", dtypes=(torch.bfloat16, torch.float16),
+                  accepts=f"{_PKG}.cutlass.grouped_gemm:accepts_grouped_gemm")
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
-from .fwd import _masked_pv
+from .attention import _masked_pv
 
 LOG2E = 1.4426950408889634
 

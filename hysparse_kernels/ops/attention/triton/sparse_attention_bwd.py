@@ -3,13 +3,13 @@
 Kernel chain: ``_sparse_bwd_kernel`` -> ``sparse_attention_bwd``.
 
 One program per (block of queries, batch x KV head), rows = (query, head) pairs over the union
-of the queries' selected blocks, exactly like the forward (``sparse.py``). It recomputes ``p = exp(s - lse)`` on each selected block, keeps ``dq`` in registers and
+of the queries' selected blocks, exactly like the forward (``sparse_attention.py``). It recomputes ``p = exp(s - lse)`` on each selected block, keeps ``dq`` in registers and
 scatters the block's ``dk = scale * ds^T q`` and ``dv = p^T dout`` into fp32 copies of the cache
 gradients with ``tl.atomic_add``: many queries select the same block, and the selection is data
 dependent, so a one-writer-per-block schedule would need an inverted index first. The result is
 therefore **not bitwise deterministic** (fp32 addition order varies between runs); it is exact up
 to fp32 rounding. ``delta = rowsum(dout * out) - dlse`` and ``dsink`` are computed as in
-``bwd.py``.
+``attention_bwd.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .bwd import sink_grad, softmax_delta
+from .attention_bwd import sink_grad, softmax_delta
 from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
-from .sparse import LOG2E, _block_is_new, check_block_size
+from .sparse_attention import LOG2E, _block_is_new, check_block_size
 
 
 @triton.heuristics({"DOT_F32": lambda a: dot_in_fp32(a["Q"].dtype)})

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block
-from .fwd import LOG2E, _kv_range
+from .attention import LOG2E, _kv_range
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 """Triton decode (``Sq = 1``) and speculative verification (``Sq = 1 + draft``) over padded KV
 caches with per-sequence lengths: split-KV flash-decoding for full and sliding-window attention
-with a sink. (Sparse decode gathers only ``k`` blocks and lives in ``sparse.py``.)
+with a sink. (Sparse decode gathers only ``k`` blocks and lives in ``sparse_attention.py``.)
 
 Kernel chain: ``_decode_split_kernel`` + ``_decode_combine_kernel`` -> ``attention_decode``.
 
@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, interpreted, next_pow2
 from .tuned_configs import guarded
-from .fwd import LOG2E, _fwd_tiles
+from .attention import LOG2E, _fwd_tiles
 
 
 @triton.heuristics({"DOT_F32": lambda a: dot_in_fp32(a["Q"].dtype)})
