@@ -207,32 +207,33 @@ def test_a_device_this_machine_lacks_has_no_tuned_configs(monkeypatch):
 
 
 def test_triton_launch_failure_with_a_tuned_config_is_blacklisted(monkeypatch):
-    from hysparse_kernels.ops.attention.triton import config, tuned_configs
+    """Triton attention launches through the same ``tuned.launch`` as TVM: a tuned config that
+    fails is blacklisted and the heuristic runs; an input error is raised as is."""
+    from hysparse_kernels.ops.attention.triton import config
 
-    monkeypatch.setattr(config, "interpreted", lambda: False)  # the provider is asked on the GPU path only
+    monkeypatch.setattr(config, "interpreted", lambda: False)  # tuned configs are asked on the GPU path only
     answers = {"attention_fwd": {"block_m": 256, "block_n": 256, "num_warps": 8, "num_stages": 4}}
-    monkeypatch.setattr(tuned, "lookup", lambda op, **kw: answers.get(op))
+    monkeypatch.setattr(tuned.query, "lookup", lambda op, **kw: answers.get(op))
     banned = []
-    monkeypatch.setattr(tuned, "blacklist", lambda op, **kw: banned.append((op, kw["config"], kw["reason"])))
+    monkeypatch.setattr(tuned.query, "blacklist", lambda op, **kw: banned.append((op, kw["config"], kw["reason"])))
     used = []
+    shape = {"dqk": 128, "dv": 128, "sq": 4096, "sk": 4096, "group": 4}
 
-    def launcher():
-        cfg = config.config_for("attention_fwd", {"dqk": 128, "dv": 128, "sq": 4096, "sk": 4096, "group": 4})
+    def launcher(cfg):
         used.append(cfg.block_m)
         if cfg.block_m == 256:
             raise RuntimeError("out of resource: shared memory, Required: 262144, Hardware limit: 232448")
         return "ok"
 
     with pytest.warns(tuned.TunedConfigWarning, match="failed at launch.*blacklisted"):
-        assert tuned_configs.guarded(launcher) == "ok"
+        assert config.launch("attention_fwd", shape, launcher) == "ok"
     assert used == [256, config.default_config("attention_fwd", {"dqk": 128, "dv": 128, "sk": 4096}).block_m]
     assert banned == [("attention_fwd", answers["attention_fwd"],
                        "RuntimeError: out of resource: shared memory, Required: 262144, Hardware limit: 232448")]
 
-    def bad_input():
-        config.config_for("attention_fwd", {"dqk": 128, "dv": 128, "sk": 4096})
+    def bad_input(cfg):
         raise ValueError("q: bad")
 
     with pytest.raises(ValueError, match="q: bad"):
-        tuned_configs.guarded(bad_input)
+        config.launch("attention_fwd", shape, bad_input)
     assert len(banned) == 1  # the heuristic failed too: not the config's fault

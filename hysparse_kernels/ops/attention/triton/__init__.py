@@ -10,8 +10,9 @@ One file per op, named after it (the public function; ``_bwd`` for a backward):
   ``sparse_attention_fwd``, and decode, ``sparse_attention_decode``).
 * ``sparse_attention_bwd``: its backward (dk / dv scattered to the cache with fp32 atomics).
 * ``topk_blocks``: top-k block selection.
-* ``config``: vendor config lists, the heuristic default and the tuned-config hook;
-  ``tuned_configs``: the tuned-config cache as that hook; ``compile_check``: GPU compile checks.
+* ``config``: the heuristic default, ``launch`` (tuned config, else heuristic; blacklist on
+  failure, through ``hysparse_kernels.tuned``) and the tuner's entry points
+  (``heuristic_config``, ``run_with_config``); ``compile_check``: GPU compile checks.
 
 Everything is loaded lazily by ``hysparse_kernels.dispatch`` when an op runs on ``triton``.
 The kernels take float16, bfloat16 and float32 and compute in fp32; float64 raises a TypeError.

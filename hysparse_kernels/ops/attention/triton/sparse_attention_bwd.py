@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .attention_bwd import sink_grad, softmax_delta
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2
+from .config import MIN_BLOCK, check_dtype, dot_in_fp32, dot_precision, head_block, launch, next_pow2
 from .sparse_attention import LOG2E, _block_is_new, check_block_size
 
 
@@ -115,21 +115,24 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
     n_sel = indices.shape[-1]
     group = Hq // Hkv
     delta = softmax_delta(dout, out, dlse).contiguous()
-    cfg = config_for("sparse_attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group})
-    dq = torch.zeros_like(q)
-    dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-    dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-    block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
-    if Sq and B * Hkv:
-        _sparse_bwd_kernel[(triton.cdiv(Sq, block_q), B * Hkv)](
-            q, k, v, dout, lse, delta, indices, dq, dk32, dv32,
-            Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E, scale,
-            DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=max(16, next_pow2(block_q * group)),
-            BLOCK_K=max(16, next_pow2(n_sel)), BLOCK_L=max(16, next_pow2(block_q * n_sel)),
-            BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
-        )
-    dsink = sink_grad(sink, lse, delta) if sink is not None else None
-    return dq, dk32.to(k.dtype), dv32.to(v.dtype), dsink
+
+    def run(cfg):
+        dq = torch.zeros_like(q)
+        dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
+        if Sq and B * Hkv:
+            _sparse_bwd_kernel[(triton.cdiv(Sq, block_q), B * Hkv)](
+                q, k, v, dout, lse, delta, indices, dq, dk32, dv32,
+                Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E, scale,
+                DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=max(16, next_pow2(block_q * group)),
+                BLOCK_K=max(16, next_pow2(n_sel)), BLOCK_L=max(16, next_pow2(block_q * n_sel)),
+                BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
+            )
+        dsink = sink_grad(sink, lse, delta) if sink is not None else None
+        return dq, dk32.to(k.dtype), dv32.to(v.dtype), dsink
+
+    return launch("sparse_attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group}, run)
 
 
 def accepts_sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale) -> bool:

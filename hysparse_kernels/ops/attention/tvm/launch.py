@@ -245,3 +245,31 @@ def accepts_attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, s
 def accepts_sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale) -> bool:
     """Queries, a cache with room for keys and at least one selected block."""
     return q.numel() > 0 and k_cache.shape[2] > 0 and indices.shape[-1] > 0
+
+
+# ---------------------------------------------------------------- the autotuner's entry points
+
+
+def heuristic_config(op: str, shape: dict) -> dict:
+    """The config ``op`` runs for a cache-named ``shape`` without a tuned entry (the tuner's baseline)."""
+    window = shape.get("window")
+    group = int(shape.get("group") or int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1)))
+    if op == "attention_block_scores":
+        return {"rows": group * dense_queries_per_task(group)}
+    dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES)
+    return _heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
+
+
+def run_with_config(op: str, config: dict, q, k, v, *, window=None, block_size=None):
+    """Run the kernel of ``op`` (causal, no sink, full caches for decode) on exactly ``config``,
+    bypassing the tuned-config cache: the autotuner times candidates this way."""
+    scale = q.shape[-1] ** -0.5
+    if op == "attention_block_scores":
+        bs = int(block_size)
+        return _run_dense(q, k, v, None, True, None, scale, bs, {**config, "kv_tile": bs})
+    if op == "attention_decode" or q.shape[2] <= FEW_QUERIES:
+        lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
+        return _run_rows(op, q, k, v, lens, None, None, None, window, scale, config)
+    if op == "attention_fwd":
+        return _run_dense(q, k, v, None, True, window, scale, config=config)
+    raise KeyError(f"op: no tvm tuning entry for {op!r}")

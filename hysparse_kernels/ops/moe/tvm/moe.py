@@ -280,3 +280,22 @@ def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offset
     out = torch.empty(T, D, dtype=x.dtype)
     _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
     return out
+
+
+# ---------------------------------------------------------------- the autotuner's entry points
+
+
+def heuristic_config(op: str, shape: dict) -> dict:
+    """The config ``moe_fwd`` runs without a tuned entry (the tuner's baseline)."""
+    if op != "moe_fwd":
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    return dict(HEURISTIC)
+
+
+def run_with_config(op: str, config: dict, x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor,
+                    expert_ids: Tensor) -> Tensor:
+    """``moe`` on exactly ``config`` (register tiles and L2 row tile), bypassing the tuned-config
+    cache: the autotuner times candidates this way."""
+    if op != "moe_fwd":
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    return _moe(x, w_gate_up, w_down, weights, expert_ids, config)
