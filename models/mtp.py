@@ -60,7 +60,7 @@ class MTPBlock(nn.Module):
         setattr(self, hidden_norm, RMSNorm(hidden, eps))
         setattr(self, proj, nn.Linear(2 * hidden, hidden, bias=False))  # [D, 2D]
         self.input_layernorm = RMSNorm(hidden, eps)
-        self.self_attn = attention_for(layer, hidden, None)
+        self.self_attn = attention_for(layer, hidden)
         setattr(self, mlp_norm, RMSNorm(hidden, eps))
         self.mlp = ffn_for(layer, hidden)
         self.final_layernorm = RMSNorm(hidden, eps)
