@@ -198,7 +198,7 @@ def _block_scores_setup(ctx, inputs, output):
 
 
 def _block_scores_backward(ctx, dout, dlse, dscores):
-    # The scores feed a discrete top-k: they carry no gradient (DESIGN.md, oracle selection).
+    # The scores feed a discrete top-k (the oracle selection): they carry no gradient.
     q, k, v, out, lse = ctx.saved_tensors
     causal, scale, backend = ctx.args
     dq, dk, dv, _ = attention_bwd(
