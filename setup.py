@@ -1,6 +1,6 @@
 """Package layout: the top-level folders are the architecture, imported under one namespace.
 
-``ir/`` is installed as ``hysparse_kernels.ir`` and so on (see DESIGN.md); the subpackages
+``ir/`` is installed as ``hysparse_kernels.ir`` and so on (see docs/ARCHITECTURE.md); the subpackages
 are found from the folders so adding one needs no edit here. Metadata lives in pyproject.toml.
 """
 

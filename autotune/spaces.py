@@ -82,16 +82,6 @@ def triton_space(op: str, shape: dict, dtype: str, dev: Device) -> list[dict]:
     return [c for c in (dict(zip(keys, p)) for p in product) if triton_fits(c, shape, dtype, dev)[0]]
 
 
-def triton_heuristic(op: str, shape: dict) -> dict:
-    """The Triton kernels' own default (``config.default_config``) as a dict."""
-    from hysparse_kernels.ops.attention.triton import config as tc
-
-    name = {"attention_decode": "decode"}.get(op, op)
-    sk = int(shape.get("seq_k", 0))
-    c = tc.default_config(name, {"dqk": shape.get("qk_dim", 64), "dv": shape.get("v_dim", 64), "sk": sk})
-    return {"block_m": c.block_m, "block_n": c.block_n, "num_warps": c.num_warps, "num_stages": c.num_stages}
-
-
 # ---------------------------------------------------------------- TVM (CPU)
 
 
@@ -132,18 +122,8 @@ def space(op: str, backend: str, shape: dict, dtype: str, dev: Device) -> list[l
 
 
 def heuristic(op: str, backend: str, shape: dict) -> dict:
-    """The config the kernel runs without a tuned entry (the baseline of every speed-up)."""
-    if backend == "triton":
-        return triton_heuristic(op, shape)
-    if op == "moe_fwd":
-        from hysparse_kernels.ops.moe.tvm import HEURISTIC
+    """The config the kernel runs without a tuned entry (the baseline of every speed-up): the
+    kernel module's own ``heuristic_config``."""
+    from .tasks import heuristic as kernel_heuristic
 
-        return dict(HEURISTIC)
-    from hysparse_kernels.ops.attention.tvm import launch
-
-    window = shape.get("window")
-    group = int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1))
-    if op == "attention_block_scores":
-        return {"rows": group * launch.dense_queries_per_task(group)}
-    dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= launch.FEW_QUERIES)
-    return launch._heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
+    return kernel_heuristic(op, backend, shape)

@@ -2,15 +2,20 @@
 
 ``make_task(op, backend, shape, dtype, device)`` returns a :class:`Task`; ``task.runner(config)``
 gives a zero-argument callable that launches the kernel with exactly that config (bypassing
-the cache), so every candidate is timed the same way the kernel runs it.
+the cache), so every candidate is timed the same way the kernel runs it. The tuner reaches a
+backend only through the two entry points its kernel module exports (``KERNELS``):
+``heuristic_config(op, shape)`` and ``run_with_config(op, config, *inputs, **options)``.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from hysparse_kernels import tuned
 
 _DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
        "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -51,58 +56,49 @@ def _attention_inputs(shape, dtype, device, gen):
     return mk(B, Hq, Sq, Dqk), mk(B, Hkv, Sk, Dqk), mk(B, Hkv, Sk, Dv)
 
 
+# (op family, backend) -> the kernel module that exports ``heuristic_config(op, shape)`` and
+# ``run_with_config(op, config, *inputs, **options)`` for its tunable ops.
+KERNELS = {
+    ("attention", "tvm"): "hysparse_kernels.ops.attention.tvm.launch",
+    ("attention", "triton"): "hysparse_kernels.ops.attention.triton.tuning",
+    ("moe", "tvm"): "hysparse_kernels.ops.moe.tvm.moe",
+    ("moe", "triton"): "hysparse_kernels.ops.moe.triton.moe",
+}
+
+
+def kernel_module(op: str, backend: str):
+    """The kernel module that tunes ``op`` on ``backend`` (imported on first use)."""
+    target = KERNELS.get((tuned.op_family(op), backend))
+    if target is None:
+        raise KeyError(f"backend: no tuner for {op!r} on {backend!r}")
+    return importlib.import_module(target)
+
+
+def _moe_inputs(shape, dt, gen):
+    T, D, E, k, I = shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"], shape["intermediate"]
+    x = torch.randn(T, D, generator=gen).to(dt)
+    wgu = (torch.randn(E, 2 * I, D, generator=gen) / D**0.5).to(dt)
+    wd = (torch.randn(E, D, I, generator=gen) / I**0.5).to(dt)
+    logits = torch.randn(T, E, generator=gen)
+    weights, ids = torch.softmax(logits, -1).topk(k, -1)
+    return x, wgu, wd, weights, ids
+
+
 def make_task(op: str, backend: str, shape: dict, dtype: str = "bf16", device: str = "cpu") -> Task:
-    """Inputs for ``shape`` and the per-config runner of ``op`` on ``backend``."""
+    """Inputs for ``shape`` and the per-config runner of ``op`` on ``backend``: the kernel module's
+    own ``run_with_config``, the same for every backend."""
+    module = kernel_module(op, backend)
     dt = torch_dtype(dtype)
     gen = torch.Generator().manual_seed(0)
     nbytes = input_bytes(op, shape, dtype)
     if op == "moe_fwd":
-        if backend != "tvm":
-            raise KeyError(f"op: moe_fwd is tuned on the tvm backend only, not {backend!r}")
-        from hysparse_kernels.ops.moe import tvm as moe_tvm
+        inputs, options = _moe_inputs(shape, dt, gen), {}
+    else:
+        inputs = _attention_inputs(shape, dt, device, gen)
+        options = {"block_size": int(shape["block_size"])} if op == "attention_block_scores" else {"window": shape.get("window")}
+    return Task(op, backend, shape, lambda c: (lambda: module.run_with_config(op, c, *inputs, **options)), nbytes)
 
-        T, D, E, k, I = shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"], shape["intermediate"]
-        x = torch.randn(T, D, generator=gen).to(dt)
-        wgu = (torch.randn(E, 2 * I, D, generator=gen) / D**0.5).to(dt)
-        wd = (torch.randn(E, D, I, generator=gen) / I**0.5).to(dt)
-        logits = torch.randn(T, E, generator=gen)
-        weights, ids = torch.softmax(logits, -1).topk(k, -1)
-        return Task(op, backend, shape, lambda c: (lambda: moe_tvm._moe(x, wgu, wd, weights, ids, c)), nbytes)
-    q, k, v = _attention_inputs(shape, dt, device, gen)
-    scale = q.shape[-1] ** -0.5
-    window = shape.get("window")
-    if backend == "tvm":
-        from hysparse_kernels.ops.attention.tvm import launch as L
 
-        if op == "attention_block_scores":
-            bs = int(shape["block_size"])
-            return Task(op, backend, shape, lambda c: (lambda: L._run_dense(q, k, v, None, True, None, scale, bs,
-                                                                            {**c, "kv_tile": bs})), nbytes)
-        lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
-        rows_op = op == "attention_decode" or q.shape[2] <= L.FEW_QUERIES
-        if rows_op:
-            return Task(op, backend, shape, lambda c: (lambda: L._run_rows(op, q, k, v, lens, None, None, None, window,
-                                                                           scale, c)), nbytes)
-        return Task(op, backend, shape, lambda c: (lambda: L._run_dense(q, k, v, None, True, window, scale, config=c)),
-                    nbytes)
-    if backend == "triton":
-        import hysparse_kernels as hk
-        from hysparse_kernels.ops.attention.triton import config as tc
-
-        def runner(c):
-            cfg = tc.Config(**c)
-
-            def run():
-                # The provider answers this config for every launch of the call (restored after).
-                previous = tc._provider
-                tc.set_config_provider(lambda _op, _shape: cfg)
-                try:
-                    if op == "attention_decode":
-                        lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
-                        return hk.attention_decode(q, k, v, lens, window=window, backend="triton")
-                    return hk.attention(q, k, v, causal=True, window=window, backend="triton")
-                finally:
-                    tc.set_config_provider(previous)
-            return run
-        return Task(op, backend, shape, runner, nbytes)
-    raise KeyError(f"backend: no tuner for {op!r} on {backend!r}")
+def heuristic(op: str, backend: str, shape: dict) -> dict:
+    """The config the kernel runs without a tuned entry (the baseline of every speed-up)."""
+    return kernel_module(op, backend).heuristic_config(op, shape)

@@ -1,7 +1,7 @@
 """`hysparse` command line: a thin dispatcher.
 
 Each subcommand lives in its own package's ``cli.py`` and is imported only when it runs, so the
-kernel layer never imports what stands on it (DESIGN.md, import floors). A subcommand module
+kernel layer never imports what stands on it (docs/ARCHITECTURE.md, the import floors). A subcommand module
 provides ``add_arguments(parser)`` and ``run(args) -> int``.
 
 Errors are one line on stderr and exit 2, never a traceback: bad options, and the validation

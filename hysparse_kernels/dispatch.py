@@ -15,6 +15,13 @@ Rules
 * dtypes: a backend may declare the dtypes its kernels take (``register(..., dtypes=...)``).
   Auto passes over it silently for other dtypes (float64 runs on the reference by design); asked
   for by name, it is an error; forced, it falls back to auto with one warning.
+* inputs: a backend may also declare which inputs its kernels take (``register(..., accepts=
+  "module:function")``, a predicate over the op's arguments: block sizes, empty tensors, aligned
+  sizes). Inputs it does not take run on the next backend of the device's auto order that takes
+  them, the reference last (or at once for a backend outside that order), silently: this is the
+  one place an op falls back, the kernels themselves never call another backend.
+* directions: a backward op runs on the forward's backend when that backend implements it, else
+  on auto (``backward_backend``).
 """
 
 from __future__ import annotations
@@ -49,13 +56,15 @@ class BackendUnavailableError(RuntimeError):
 
 _IMPLS: dict[str, dict[str, str]] = {}
 _DTYPES: dict[tuple[str, str], tuple] = {}
+_ACCEPTS: dict[tuple[str, str], str] = {}
 _forced: ContextVar[str | None] = ContextVar("hysparse_backend", default=None)
 _warned: set[tuple] = set()
 
 
-def register(op: str, backend: str, target: str, *, dtypes=None) -> None:
+def register(op: str, backend: str, target: str, *, dtypes=None, accepts: str | None = None) -> None:
     """Declare that ``op`` has a ``backend`` implementation at ``"package.module:function"``,
-    taking inputs of ``dtypes`` (default: any)."""
+    taking inputs of ``dtypes`` (default: any) for which the predicate at ``accepts``
+    (``"package.module:function"``, called with the op's arguments) is true (default: all)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     _IMPLS.setdefault(op, {})[backend] = target
@@ -63,6 +72,12 @@ def register(op: str, backend: str, target: str, *, dtypes=None) -> None:
         _DTYPES[(op, backend)] = tuple(dtypes)
     else:
         _DTYPES.pop((op, backend), None)
+    if accepts is not None:
+        _ACCEPTS[(op, backend)] = accepts
+    else:
+        _ACCEPTS.pop((op, backend), None)
+    get_impl.cache_clear()
+    _predicate.cache_clear()
 
 
 def takes(op: str, backend: str, dtype) -> bool:
@@ -165,19 +180,59 @@ def resolve(op: str, device_type: str, backend: str | None = None, dtype=None) -
     raise BackendUnavailableError(f"{op}: no backend can run on {device_type}; implemented: {impls}")
 
 
-@lru_cache(maxsize=None)
-def get_impl(op: str, backend: str) -> Callable:
-    """Import and return the implementation of ``op`` on ``backend``."""
-    target = _IMPLS[op][backend]
+def _load(target: str) -> Callable:
     module, _, fn = target.partition(":")
     return getattr(importlib.import_module(module), fn)
 
 
+@lru_cache(maxsize=None)
+def get_impl(op: str, backend: str) -> Callable:
+    """Import and return the implementation of ``op`` on ``backend``."""
+    return _load(_IMPLS[op][backend])
+
+
+@lru_cache(maxsize=None)
+def _predicate(op: str, backend: str) -> Callable | None:
+    target = _ACCEPTS.get((op, backend))
+    return None if target is None else _load(target)
+
+
+def accepts(op: str, backend: str, *args, **kwargs) -> bool:
+    """Whether ``backend``'s kernel of ``op`` takes these arguments (its ``accepts`` predicate)."""
+    pred = _predicate(op, backend)
+    return pred is None or bool(pred(*args, **kwargs))
+
+
+def _next_that_accepts(op: str, after: str, device_type: str, dtype, args, kwargs) -> str:
+    """The backend after ``after`` in the auto order of ``device_type`` that implements ``op``,
+    takes ``dtype``, runs here and accepts the arguments; the reference when none does (and when
+    ``after`` is not in that order, e.g. Triton's interpreter on the CPU)."""
+    order = AUTO_ORDER.get(device_type, ("reference",))
+    impls = implemented(op)
+    rest = order[order.index(after) + 1:] if after in order else ()
+    for candidate in rest:
+        if (candidate in impls and candidate != after and takes(op, candidate, dtype)
+                and _usable_on(candidate, device_type)[0] and accepts(op, candidate, *args, **kwargs)):
+            return candidate
+    if "reference" in impls:
+        return "reference"
+    raise BackendUnavailableError(f"{op}: no backend takes these inputs on {device_type}; implemented: {impls}")
+
+
+def backward_backend(op: str, backend: str | None) -> str:
+    """The backend a backward ``op`` runs on after a forward on ``backend``: the same one when it
+    implements ``op``, else auto (e.g. a forward-only kernel's backward runs on the reference)."""
+    return backend if backend is not None and backend in implemented(op) else "auto"
+
+
 def call(op: str, backend: str | None, like, *args, **kwargs):
     """Resolve the backend for tensors like ``like`` (a tensor, or a device type string) and run
-    ``op`` on it."""
+    ``op`` on it; inputs its kernel does not accept run on the next backend that does."""
     if isinstance(like, str):
         device_type, dtype = like, None
     else:
         device_type, dtype = like.device.type, like.dtype
-    return get_impl(op, resolve(op, device_type, backend, dtype))(*args, **kwargs)
+    chosen = resolve(op, device_type, backend, dtype)
+    if (op, chosen) in _ACCEPTS and not accepts(op, chosen, *args, **kwargs):
+        chosen = _next_that_accepts(op, chosen, device_type, dtype, args, kwargs)
+    return get_impl(op, chosen)(*args, **kwargs)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 
 import torch
 
-from . import dispatch
+from . import dispatch, tuned
 from .backends import all_status
 
 
@@ -16,15 +15,7 @@ def device_description() -> str:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return f"cuda: {props.name} (sm{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = tuned.cpu_model()
     return f"cpu: {cpu}, {torch.get_num_threads()} threads"
 
 

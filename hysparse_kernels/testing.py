@@ -1,6 +1,6 @@
 """Helpers for testing kernels against the float64 reference (used by the test suite and benches).
 
-The rule (STYLE.md, "tolerance relative to a baseline"): a kernel's error against a float64
+The rule (a tolerance relative to a baseline, not a fixed one): a kernel's error against a float64
 reference may be at most ``factor`` times the error of the reference itself run in the same low
 precision, plus a small ``atol``. Errors are absolute values, never signed differences.
 """

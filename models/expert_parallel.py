@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributed.nn.functional import all_to_all_single as all_to_all_autograd
 
 import hysparse_kernels as hk
+from hysparse_kernels.ir import MoE
 
 __all__ = ["Dispatch", "expert_parallel_moe", "shard_experts"]
 
@@ -101,15 +102,13 @@ def shard_experts(model: nn.Module, ep_mesh) -> list[nn.Module]:
     ``StackedExperts`` modules it sharded. The number of experts must be a multiple of the mesh size."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from .moe import MoEBlock
-
     if ep_mesh.ndim != 1:
         raise ValueError(f"ep_mesh: expected a 1-D DeviceMesh, got {ep_mesh.ndim} dimensions")
     P = ep_mesh.size()
     done = []
     for name, block in model.named_modules():
-        if not isinstance(block, MoEBlock):
-            continue
+        if not (isinstance(getattr(block, "spec", None), MoE) and hasattr(block, "experts")):
+            continue  # a MoE block (models.moe.MoEBlock) is the module with an ir.MoE spec and experts
         E = block.spec.num_experts
         if E % P:
             raise ValueError(f"expert parallel size: expected a divisor of {name}'s {E} experts, got {P}")

@@ -8,13 +8,13 @@ Parameter names follow Hugging Face checkpoints (``q_proj``, ``k_proj``, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 import hysparse_kernels as hk
-from hysparse_kernels.ir import Full, LayerSpec, OracleSparse, SlidingWindow
+from hysparse_kernels.ir import Full, LayerSpec, OracleSparse, Selection, SlidingWindow
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -71,17 +71,31 @@ class SwiGLU(nn.Module):
 
 
 @dataclass
+class Shared:
+    """What a full layer hands the sparse layers after it (they own no K/V for their sparse branch).
+
+    ``k`` / ``v`` its keys and values ``[B, Hkv, Sk, D]`` (the cache's, when decoding); ``lens``
+    ``[B]`` valid keys per sequence (None without a cache); ``indices`` per top-k of
+    ``ir.selection_plan``: the selected blocks ``[B, Hkv, Sq, k]`` (int32, -1 pads).
+    """
+
+    k: Tensor
+    v: Tensor
+    lens: Tensor | None
+    indices: dict[int, Tensor]
+
+
+@dataclass
 class Step:
     """What one forward pass carries from layer to layer.
 
     ``positions`` [B, S] key positions of the new tokens; ``cache`` the KV cache (None when
-    training); ``shared`` the K/V and top-k indices of the most recent full layer, read by the
-    sparse layers after it (they own no K/V for their sparse branch).
+    training); ``shared`` the :class:`Shared` of the most recent full layer that selects blocks.
     """
 
     positions: Tensor
     cache: object | None = None
-    shared: dict = field(default_factory=dict)
+    shared: Shared | None = None
 
 
 class _Projections(nn.Module):
@@ -115,12 +129,16 @@ class _Projections(nn.Module):
 
 
 class FullAttention(_Projections):
-    """Full causal attention. When ``selects`` is set (a sparse layer follows), it also emits
-    HySparse block scores and the top-k block indices for those layers, with its K/V."""
+    """Full causal attention. When ``selects`` is not empty (sparse layers read this layer: its
+    selections of ``ir.selection_plan``), it also emits HySparse block scores, once, and the
+    top-k block indices of each selection, with its K/V."""
 
-    def __init__(self, spec: LayerSpec, hidden: int, selects: OracleSparse | None = None):
+    def __init__(self, spec: LayerSpec, hidden: int, selects: tuple[Selection, ...] | None = ()):
         super().__init__(spec, hidden)
-        self.selects = selects
+        self.selects = tuple(selects or ())
+        if len({sel.block_size for sel in self.selects}) > 1:
+            raise ValueError(f"selects: expected one block size for full layer {spec.index}, got "
+                             f"{sorted({sel.block_size for sel in self.selects})}")
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
         q, k, v = self.qkv(x, step)
@@ -128,12 +146,12 @@ class FullAttention(_Projections):
             k, v, lens = step.cache.append(self.spec.index, k, v)
         else:
             lens = None
-        if self.selects is None:
+        if not self.selects:
             o = _attend(q, k, v, lens, window=None, sink=None)
         else:
-            sel = self.selects
-            o, idx = _attend_and_select(q, k, v, lens, sel.block_size, sel.topk)
-            step.shared = {"k": k, "v": v, "lens": lens, "indices": idx}
+            topks = sorted({sel.topk for sel in self.selects})
+            o, idx = _attend_and_select(q, k, v, lens, self.selects[0].block_size, topks)
+            step.shared = Shared(k, v, lens, idx)
         return self.out(o)
 
 
@@ -163,7 +181,7 @@ class SparseAttention(_Projections):
     def __init__(self, spec: LayerSpec, hidden: int):
         pattern: OracleSparse = spec.pattern
         super().__init__(spec, hidden, kv=pattern.window is not None, prefix="swa_")
-        self.block_size, self.window = pattern.block_size, pattern.window
+        self.block_size, self.window, self.topk = pattern.block_size, pattern.window, pattern.topk
         H = spec.q_heads
         self.sparse_sink_bias = nn.Parameter(torch.zeros(H)) if pattern.sink else None
         self.gate_sparse_proj = nn.Linear(hidden, H, bias=False)
@@ -173,15 +191,15 @@ class SparseAttention(_Projections):
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
         shared = step.shared
-        if "indices" not in shared:
-            raise RuntimeError(f"layer {self.spec.index}: a sparse layer needs a preceding full layer's selection")
+        if shared is None or self.topk not in shared.indices:
+            raise RuntimeError(f"layer {self.spec.index}: a sparse layer needs a preceding full layer's top-{self.topk} selection")
         s = self.spec
         if self.window is not None:
             q, k, v = self.qkv(x, step, prefix="swa_")
         else:
             cos, sin = rope_tables(step.positions, s.rope_dim, s.rope_theta, x.dtype)
             q = apply_rope(self._heads(x, self.q_proj, s.q_heads, s.qk_dim), cos, sin)
-        o_sparse = _attend_sparse(q, shared["k"], shared["v"], shared["lens"], shared["indices"], self.block_size,
+        o_sparse = _attend_sparse(q, shared.k, shared.v, shared.lens, shared.indices[self.topk], self.block_size,
                                   self.sparse_sink_bias)
         gate = torch.sigmoid(self.gate_sparse_proj(x)).transpose(1, 2)[..., None]  # [B, H, S, 1]
         o = gate.to(o_sparse.dtype) * o_sparse
@@ -204,19 +222,21 @@ def _attend(q, k, v, lens, *, window, sink):
     return hk.attention_decode(q, k, v, lens, window=window, sink=sink)
 
 
-def _attend_and_select(q, k, v, lens, block_size, topk):
-    """Full attention with block scores, then top-k. With a cache (per-sequence lengths), each
-    sequence is scored over its own valid keys."""
+def _attend_and_select(q, k, v, lens, block_size, topks):
+    """Full attention with block scores (once), then the top-k of each ``k`` in ``topks``:
+    ``(o, {k: indices})``. With a cache (per-sequence lengths), each sequence is scored over its
+    own valid keys."""
     if lens is None:
         o, _, scores = hk.attention_with_block_scores(q, k, v, block_size=block_size)
-        return o, hk.topk_blocks(scores, topk, block_size=block_size, seqlen_k=k.shape[2])
-    outs, idxs = [], []
+        return o, {t: hk.topk_blocks(scores, t, block_size=block_size, seqlen_k=k.shape[2]) for t in topks}
+    outs, idxs = [], {t: [] for t in topks}
     for b in range(q.shape[0]):  # each sequence has its own length; the selection op takes one seqlen_k
         L = int(lens[b])
         o, _, scores = hk.attention_with_block_scores(q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L], block_size=block_size)
         outs.append(o)
-        idxs.append(hk.topk_blocks(scores, topk, block_size=block_size, seqlen_k=L))
-    return torch.cat(outs), torch.cat(idxs)
+        for t in topks:
+            idxs[t].append(hk.topk_blocks(scores, t, block_size=block_size, seqlen_k=L))
+    return torch.cat(outs), {t: torch.cat(found) for t, found in idxs.items()}
 
 
 def _attend_sparse(q, k, v, lens, indices, block_size, sink):
@@ -225,7 +245,9 @@ def _attend_sparse(q, k, v, lens, indices, block_size, sink):
     return hk.sparse_attention_decode(q, k, v, lens, indices, block_size=block_size, sink=sink)
 
 
-def attention_for(spec: LayerSpec, hidden: int, selects: OracleSparse | None) -> nn.Module:
+def attention_for(spec: LayerSpec, hidden: int, selects: tuple[Selection, ...] | None = ()) -> nn.Module:
+    """The attention module of layer ``spec``; a full layer emits the ``selects`` of the IR's
+    selection plan for the sparse layers that read it."""
     if isinstance(spec.pattern, Full):
         return FullAttention(spec, hidden, selects)
     if isinstance(spec.pattern, SlidingWindow):

@@ -17,35 +17,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hysparse_kernels.ir import Dense, Full, ModelGraph, OracleSparse
-from .layers import RMSNorm, Step, SwiGLU, attention_for
-
-
-def selector_of(graph: ModelGraph) -> dict[int, OracleSparse]:
-    """For each full layer followed by sparse layers: the sparse pattern it selects blocks for."""
-    out, last_full = {}, None
-    for layer in graph.layers:
-        if isinstance(layer.pattern, Full):
-            last_full = layer.index
-        elif isinstance(layer.pattern, OracleSparse):
-            if last_full is None:
-                raise ValueError(f"layer {layer.index}: a sparse layer needs a full layer before it")
-            prev = out.setdefault(last_full, layer.pattern)
-            if (prev.topk, prev.block_size) != (layer.pattern.topk, layer.pattern.block_size):
-                raise ValueError(f"layer {layer.index}: sparse layers after full layer {last_full} disagree on top-k/block size")
-    return out
-
-
-def ffn_for(spec, hidden: int) -> nn.Module:
-    if isinstance(spec.ffn, Dense):
-        return SwiGLU(hidden, spec.ffn.intermediate)
-    from .moe import MoEBlock
-
-    return MoEBlock(spec.ffn, hidden)
+from hysparse_kernels.ir import ModelGraph, Selection
+from hysparse_kernels.ir.passes import selection_sources
+from .layers import RMSNorm, Step, attention_for
+from .moe import ffn_for
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec, hidden: int, selects: OracleSparse | None, eps: float):
+    def __init__(self, spec, hidden: int, selects: tuple[Selection, ...] | None, eps: float):
         super().__init__()
         self.input_layernorm = RMSNorm(hidden, eps)
         self.self_attn = attention_for(spec, hidden, selects)
@@ -60,9 +39,9 @@ class DecoderLayer(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, graph: ModelGraph, eps: float):
         super().__init__()
-        selects = selector_of(graph)
+        selects = selection_sources(graph)  # full layer -> the selections its sparse layers read
         self.embed_tokens = nn.Embedding(graph.vocab, graph.hidden)
-        self.layers = nn.ModuleList(DecoderLayer(s, graph.hidden, selects.get(s.index), eps) for s in graph.layers)
+        self.layers = nn.ModuleList(DecoderLayer(s, graph.hidden, selects.get(s.index, ()), eps) for s in graph.layers)
         self.norm = RMSNorm(graph.hidden, eps)
         if graph.mtp is not None:
             from .mtp import MTPStack

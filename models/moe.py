@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import hysparse_kernels as hk
-from hysparse_kernels.ir import MoE
+from hysparse_kernels.ir import Dense, MoE
 from .expert_parallel import Dispatch, expert_parallel_moe
 from .layers import SwiGLU, compute_dtype
 
@@ -91,3 +91,10 @@ class MoEBlock(nn.Module):
         if bias is None or self.last_load is None:
             return
         bias.copy_(hk.update_routing_bias(bias, self.last_load, rate))
+
+
+def ffn_for(spec, hidden: int) -> nn.Module:
+    """The FFN of layer ``spec`` (an ``ir.LayerSpec``): a dense ``SwiGLU`` or a ``MoEBlock``."""
+    if isinstance(spec.ffn, Dense):
+        return SwiGLU(hidden, spec.ffn.intermediate)
+    return MoEBlock(spec.ffn, hidden)

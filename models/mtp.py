@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from hysparse_kernels.ir import Full, LayerSpec, MTPSpec
 from .layers import RMSNorm, Step, attention_for
+from .moe import ffn_for
 
 
 def mtp_layer_spec(spec: MTPSpec, index: int) -> LayerSpec:
@@ -51,8 +52,6 @@ class MTPBlock(nn.Module):
 
     def __init__(self, spec: MTPSpec, hidden: int, index: int, eps: float):
         super().__init__()
-        from .model import ffn_for
-
         layer = mtp_layer_spec(spec, index)
         self.layout = spec.layout
         emb_norm, hidden_norm, proj, self.emb_first, mlp_norm = LAYOUT_NAMES[spec.layout]
@@ -61,7 +60,7 @@ class MTPBlock(nn.Module):
         setattr(self, hidden_norm, RMSNorm(hidden, eps))
         setattr(self, proj, nn.Linear(2 * hidden, hidden, bias=False))  # [D, 2D]
         self.input_layernorm = RMSNorm(hidden, eps)
-        self.self_attn = attention_for(layer, hidden, None)
+        self.self_attn = attention_for(layer, hidden)
         setattr(self, mlp_norm, RMSNorm(hidden, eps))
         self.mlp = ffn_for(layer, hidden)
         self.final_layernorm = RMSNorm(hidden, eps)

@@ -126,3 +126,66 @@ def test_float64_under_forced_triton_runs_the_reference(monkeypatch):
     with hk.use_backend("triton"), pytest.warns(dispatch.BackendFallbackWarning):
         out = hk.attention(q, q, q)
     torch.testing.assert_close(out, hk.attention(q, q, q, backend="reference"))
+
+
+def _kernel_accepts_short(x, *rest):
+    return len(x) <= 3
+
+
+def test_inputs_a_kernel_does_not_take_run_on_the_next_backend(fake_op, monkeypatch):
+    """A backend's ``accepts`` predicate sends other inputs down the auto order (the reference
+    last), explicit or auto; the kernel itself never sees them."""
+    seen = []
+    kernels = {"tvm": lambda x: seen.append(("tvm", x)) or "tvm", "reference": lambda x: seen.append(("ref", x)) or "ref"}
+    monkeypatch.setattr(dispatch, "get_impl", lambda op, backend: kernels[backend])
+    monkeypatch.setitem(dispatch._ACCEPTS, ("demo_op", "tvm"), f"{__name__}:_kernel_accepts_short")
+    dispatch._predicate.cache_clear()
+    try:
+        assert dispatch.call("demo_op", None, "cpu", "abc") == "tvm"
+        assert dispatch.call("demo_op", None, "cpu", "abcd") == "ref"
+        assert dispatch.call("demo_op", "tvm", "cpu", "abcd") == "ref"  # asked for by name: the same fallback
+        assert seen == [("tvm", "abc"), ("ref", "abcd"), ("ref", "abcd")]
+        assert dispatch.accepts("demo_op", "tvm", "ab") and dispatch.accepts("demo_op", "reference", "abcdef")
+    finally:
+        dispatch._predicate.cache_clear()
+
+
+def test_block_sizes_the_kernels_do_not_take_run_on_the_reference():
+    """TVM takes blocks of 8..1024 keys: a 4-key block runs on the reference, asked for by name."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 8, 16), torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 16)
+    out, lse, scores = hk.attention_with_block_scores(q, k, v, block_size=4, backend="tvm")
+    ref = hk.attention_with_block_scores(q, k, v, block_size=4, backend="reference")
+    for got, want in zip((out, lse, scores), ref):
+        torch.testing.assert_close(got, want)
+    assert not dispatch.accepts("attention_block_scores", "tvm", q, k, v, 4, True, 0.25)
+    assert dispatch.accepts("attention_block_scores", "tvm", q, k, v, 8, True, 0.25)
+
+
+def test_cutlass_declares_what_it_takes():
+    """CUTLASS's grouped GEMM takes 16-bit operands with rows of 16-byte multiples; dispatch, not
+    the kernel, sends the rest on (to Triton on a GPU)."""
+    assert not dispatch.takes("grouped_gemm", "cutlass", torch.float32)
+    assert dispatch.takes("grouped_gemm", "cutlass", torch.bfloat16)
+    x, w, off = torch.empty(4, 16, dtype=torch.bfloat16), torch.empty(2, 24, 16, dtype=torch.bfloat16), torch.zeros(3)
+    assert dispatch.accepts("grouped_gemm", "cutlass", x, w, off)
+    assert not dispatch.accepts("grouped_gemm", "cutlass", x[:, :12], w[:, :, :12], off)
+
+
+def test_no_kernel_module_calls_back_into_dispatch():
+    """The kernels of every backend stand below dispatch: none imports it."""
+    import ast
+    import pathlib
+
+    ops = pathlib.Path(hk.__file__).parent / "ops"
+    kernels = [p for p in ops.rglob("*.py") if p.name not in ("api.py", "ops.py", "reference.py", "__init__.py", "checks.py")
+               or p.parent.name in ("tvm", "triton")]
+    assert len(kernels) > 10
+    offenders = []
+    for path in kernels:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = getattr(node, "module", None) or ""
+            if "dispatch" in module or "dispatch" in names:
+                offenders.append(f"{path.relative_to(ops)}:{node.lineno}")
+    assert not offenders, offenders

@@ -9,6 +9,9 @@ module of the project. A module may import only its own floor and the floors bel
     2  hysparse_kernels.models, hysparse_kernels.autotune   (neither imports the other)
     3  hysparse_kernels.training
 
+and no two modules import each other, directly or round a longer loop (a lazy import inside a
+function counts: it still ties the two files together).
+
 The ``hysparse`` CLI names its subcommands by module string and imports them lazily, so it is
 no import in this sense.
 """
@@ -76,6 +79,74 @@ def _imports(path: pathlib.Path, root: pathlib.Path = ROOT) -> list[tuple[int, s
     return found
 
 
+def _module_edges(path: pathlib.Path, modules: set[str], root: pathlib.Path = ROOT) -> set[str]:
+    """The project modules ``path`` imports: ``from pkg import sub`` counts as an import of the
+    submodule when ``pkg.sub`` is one, else of ``pkg`` (the parent packages Python loads on the way
+    are implied by any import and are not edges)."""
+    name, is_init = _module_name(path, root)
+    package = name if is_init else name.rpartition(".")[0]
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                base = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        edges.update(t for t in targets if t in modules and t != name)
+    return edges
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on_stack, stack, found = {}, {}, set(), [], []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def _import_graph(root: pathlib.Path = ROOT) -> dict[str, set[str]]:
+    paths = {_module_name(p, root)[0]: p for folder in PACKAGES if (root / folder).is_dir()
+             for p in sorted((root / folder).rglob("*.py"))}
+    return {name: _module_edges(p, set(paths), root) for name, p in paths.items()}
+
+
 def _sources():
     for folder in PACKAGES:
         yield from sorted((ROOT / folder).rglob("*.py"))
@@ -108,3 +179,27 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad.write_text("import torch\ndef f():\n    from hysparse_kernels.models import build_model\nfrom ..ir import presets\n")
     targets = {_top_package(t) for _, t in _imports(bad, tmp_path)}
     assert {"hysparse_kernels.models", "hysparse_kernels.ir"} <= targets
+
+
+def test_no_import_cycle_between_modules():
+    cycles = _cycles(_import_graph())
+    assert not cycles, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_checker_sees_a_cycle(tmp_path):
+    """The cycle rule can fail: two kernel-layer modules that import each other (one lazily) and
+    a loop of three are each reported; a package importing its own submodules is not a cycle."""
+    ops = tmp_path / "hysparse_kernels" / "ops"
+    ops.mkdir(parents=True)
+    (tmp_path / "hysparse_kernels" / "__init__.py").write_text("from .ops import a\n")
+    (ops / "__init__.py").write_text("")
+    (ops / "a.py").write_text("from . import b\n")
+    (ops / "b.py").write_text("def f():\n    from .a import g\n")
+    (ops / "c.py").write_text("import hysparse_kernels.ops.d\n")
+    (ops / "d.py").write_text("from hysparse_kernels.ops import e\n")
+    (ops / "e.py").write_text("from .c import x\nfrom .. import ops\n")
+    cycles = _cycles(_import_graph(tmp_path))
+    assert sorted(cycles) == [
+        ["hysparse_kernels.ops.a", "hysparse_kernels.ops.b"],
+        ["hysparse_kernels.ops.c", "hysparse_kernels.ops.d", "hysparse_kernels.ops.e"],
+    ]

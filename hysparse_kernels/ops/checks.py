@@ -9,7 +9,21 @@ import math
 import torch
 from torch import Tensor
 
+from ..backends import BACKENDS
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def backend_name(backend) -> str:
+    """The public functions' ``backend=`` argument, normalised once: None -> ``"auto"``; a name
+    that is no backend is an error here, before any op runs."""
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend: expected a backend name or None, got {type(backend).__name__}")
+    if not backend:
+        return "auto"
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend: expected one of {BACKENDS + ('auto',)}, got {backend!r}")
+    return backend
 
 
 def tensor(name: str, t, ndim: int | None = None, layout: str = "") -> Tensor:

@@ -68,7 +68,7 @@ def test_the_kernel_runs_the_tuned_config(monkeypatch):
 
 
 def test_moe_kernel_runs_the_tuned_config(monkeypatch):
-    from hysparse_kernels.ops.moe import tvm as moe_tvm
+    from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
 
     T, D, E, K, I = 8, 32, 4, 2, 16
     x, wgu, wd = torch.randn(T, D), torch.randn(E, 2 * I, D) / 6, torch.randn(E, D, I) / 4

@@ -3,7 +3,7 @@
 import pytest
 
 from hysparse_kernels.autotune import device, spaces
-from hysparse_kernels.ops.attention.triton.config import cuda_configs
+from hysparse_kernels.ops.attention.triton import config
 
 H100, A100 = device.GPUS["h100"], device.GPUS["a100"]
 SHAPE = {"qk_dim": 128, "v_dim": 128, "group": 8, "seq_q": 4096, "seq_k": 4096}
@@ -43,9 +43,11 @@ def test_wide_heads_prune_more_and_fp32_more_than_bf16():
 
 
 @pytest.mark.parametrize("dev", [H100, A100], ids=["h100", "a100"])
-def test_the_shipped_vendor_configs_survive_pruning(dev):
+def test_the_heuristic_configs_survive_pruning(dev, monkeypatch):
+    monkeypatch.setattr(config, "interpreted", lambda: False)
     kept = keyset(spaces.triton_space("attention_fwd", SHAPE, "bf16", dev))
-    for c in cuda_configs("attention_fwd")[::2]:  # 128x64 (D<=128) and 64x64 (wide heads)
+    heads = ({"dqk": 128, "dv": 128}, {"dqk": 192, "dv": 128})  # 128x64 (D<=128) and 64x64 (wide heads)
+    for c in (config.default_config("attention_fwd", {**h, "sk": 4096}) for h in heads):
         assert (("block_m", c.block_m), ("block_n", c.block_n), ("num_stages", c.num_stages),
                 ("num_warps", c.num_warps)) in kept
 
@@ -70,3 +72,28 @@ def test_tvm_spaces():
 def test_unknown_op_names_the_tunable_ones():
     with pytest.raises(KeyError, match="tunable: attention_fwd"):
         spaces.space("moe_route", "tvm", {}, "bf16", device.detect("cpu"))
+
+
+def test_the_tuner_reaches_kernels_through_their_entry_points_only():
+    """Every kernel module the tuner uses exports ``heuristic_config`` and ``run_with_config``, and
+    no file of ``autotune/`` touches a private name of a kernel module."""
+    import ast
+    import importlib
+    import pathlib
+
+    from hysparse_kernels.autotune import tasks
+
+    for target in tasks.KERNELS.values():
+        module = importlib.import_module(target)
+        assert callable(module.heuristic_config) and callable(module.run_with_config), target
+    assert spaces.heuristic("moe_fwd", "tvm", {}) == importlib.import_module(
+        tasks.KERNELS[("moe", "tvm")]).heuristic_config("moe_fwd", {})
+    private = []
+    for path in pathlib.Path(spaces.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        kernel_names = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                        and (node.module or "").startswith("hysparse_kernels.ops") for alias in node.names}
+        private += [f"{path.name}:{node.lineno} {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in kernel_names and node.attr.startswith("_")]
+    assert not private, private

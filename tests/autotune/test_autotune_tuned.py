@@ -67,7 +67,7 @@ def test_answers_are_cached_in_memory(monkeypatch):
     store({"rows": 16})
     assert look() == {"rows": 16}
     calls = []
-    monkeypatch.setattr(tuned, "read_entries", lambda *a, **k: calls.append(1) or {})
+    monkeypatch.setattr(tuned.cache, "read_entries", lambda *a, **k: calls.append(1) or {})
     for _ in range(100):
         assert look(seq_q=4000, seq_k=4000) == {"rows": 16}  # same bucket: no file read
     assert calls == []
@@ -114,7 +114,7 @@ def test_shipped_defaults_used_when_the_user_has_none(cache, tmp_path, monkeypat
     shipped = tmp_path / "shipped"
     (shipped / tuned.device_key("cpu")).mkdir(parents=True)
     (cache / tuned.device_key("cpu") / "attention_fwd.json").rename(shipped / tuned.device_key("cpu") / "attention_fwd.json")
-    monkeypatch.setattr(tuned, "SHIPPED", shipped)
+    monkeypatch.setattr(tuned.cache, "SHIPPED", shipped)
     tuned.invalidate()
     assert look() == {"rows": 16}  # from the package
     store({"rows": 64})  # the user's own entry for this bucket wins
@@ -202,37 +202,38 @@ def test_bucket_key_and_device_key():
 
 
 def test_a_device_this_machine_lacks_has_no_tuned_configs(monkeypatch):
-    monkeypatch.setattr(tuned, "_cuda_present", lambda: False)
+    monkeypatch.setattr(tuned.query, "_cuda_present", lambda: False)
     assert tuned.lookup("attention_fwd", backend="triton", device="cuda", shape=ATT) is None
 
 
 def test_triton_launch_failure_with_a_tuned_config_is_blacklisted(monkeypatch):
-    from hysparse_kernels.ops.attention.triton import config, tuned_configs
+    """Triton attention launches through the same ``tuned.launch`` as TVM: a tuned config that
+    fails is blacklisted and the heuristic runs; an input error is raised as is."""
+    from hysparse_kernels.ops.attention.triton import config
 
-    monkeypatch.setattr(config, "interpreted", lambda: False)  # the provider is asked on the GPU path only
+    monkeypatch.setattr(config, "interpreted", lambda: False)  # tuned configs are asked on the GPU path only
     answers = {"attention_fwd": {"block_m": 256, "block_n": 256, "num_warps": 8, "num_stages": 4}}
-    monkeypatch.setattr(tuned, "lookup", lambda op, **kw: answers.get(op))
+    monkeypatch.setattr(tuned.query, "lookup", lambda op, **kw: answers.get(op))
     banned = []
-    monkeypatch.setattr(tuned, "blacklist", lambda op, **kw: banned.append((op, kw["config"], kw["reason"])))
+    monkeypatch.setattr(tuned.query, "blacklist", lambda op, **kw: banned.append((op, kw["config"], kw["reason"])))
     used = []
+    shape = {"dqk": 128, "dv": 128, "sq": 4096, "sk": 4096, "group": 4}
 
-    def launcher():
-        cfg = config.config_for("attention_fwd", {"dqk": 128, "dv": 128, "sq": 4096, "sk": 4096, "group": 4})
+    def launcher(cfg):
         used.append(cfg.block_m)
         if cfg.block_m == 256:
             raise RuntimeError("out of resource: shared memory, Required: 262144, Hardware limit: 232448")
         return "ok"
 
     with pytest.warns(tuned.TunedConfigWarning, match="failed at launch.*blacklisted"):
-        assert tuned_configs.guarded(launcher) == "ok"
+        assert config.launch("attention_fwd", shape, launcher) == "ok"
     assert used == [256, config.default_config("attention_fwd", {"dqk": 128, "dv": 128, "sk": 4096}).block_m]
     assert banned == [("attention_fwd", answers["attention_fwd"],
                        "RuntimeError: out of resource: shared memory, Required: 262144, Hardware limit: 232448")]
 
-    def bad_input():
-        config.config_for("attention_fwd", {"dqk": 128, "dv": 128, "sk": 4096})
+    def bad_input(cfg):
         raise ValueError("q: bad")
 
     with pytest.raises(ValueError, match="q: bad"):
-        tuned_configs.guarded(bad_input)
+        config.launch("attention_fwd", shape, bad_input)
     assert len(banned) == 1  # the heuristic failed too: not the config's fault

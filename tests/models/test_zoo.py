@@ -7,7 +7,7 @@ import torch
 import hysparse_kernels as hk
 from hysparse_kernels import ir
 from hysparse_kernels.models import HybridLM, KVCache, build_model, generate
-from hysparse_kernels.models.layers import SparseAttention, Step
+from hysparse_kernels.models.layers import Shared, SparseAttention, Step
 from hysparse_kernels.models.mtp import mtp_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore::hysparse_kernels.BackendFallbackWarning")
@@ -70,7 +70,7 @@ def test_sparse_layer_with_every_block_equals_full_attention():
     v = torch.randn(B, spec.kv_heads, S, spec.v_dim, dtype=torch.float64)
     nb = -(-S // spec.pattern.block_size)
     idx = torch.arange(nb, dtype=torch.int32).expand(B, spec.kv_heads, S, nb).contiguous()
-    step = Step(positions=torch.arange(S)[None], shared={"k": k, "v": v, "lens": None, "indices": idx})
+    step = Step(positions=torch.arange(S)[None], shared=Shared(k, v, None, {spec.pattern.topk: idx}))
     got = layer(x, step)
     # the same computation with dense attention over the shared K/V for the sparse branch
     q, k_swa, v_swa = layer.qkv(x, step, prefix="swa_")
@@ -181,3 +181,23 @@ def test_generate_names_token_ids_outside_the_vocabulary():
         generate(model, [[1]], max_new_tokens=-1)
     with pytest.raises(ValueError, match=rf"prompt: expected token ids in \[0, {vocab}\)"):
         speculative_generate(model, [5, 10 ** 6], max_new_tokens=2)
+
+
+def test_sparse_layers_of_one_full_layer_may_differ_in_top_k():
+    """The model reads the IR's selection plan: a full layer scores its blocks once and selects
+    the top-k of each sparse layer that reads it (here top-2 and top-3), prefill and decode alike."""
+    import dataclasses
+
+    g = ir.get_graph("tiny-hysparse-7b")
+    three = dataclasses.replace(g.layers[2].pattern, topk=3)
+    g = dataclasses.replace(g, layers=tuple(dataclasses.replace(layer, pattern=three) if layer.index == 2 else layer
+                                            for layer in g.layers), mtp=None)
+    assert [(s.full_layer, s.topk, s.sparse_layers) for s in ir.selection_plan(g)][:2] == [(0, 2, (1, 3)), (0, 3, (2,))]
+    model = HybridLM(g).double().eval()
+    assert [s.topk for s in model.model.layers[0].self_attn.selects] == [2, 3]
+    ids = torch.randint(0, g.vocab, (2, 40))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(g, 2, 48, dtype=torch.float64)
+        steps = [model(ids[:, :20], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(20, 40)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)

@@ -129,7 +129,7 @@ def test_float64_is_refused_with_a_clear_error():
     with pytest.raises(hk.BackendUnavailableError, match=r"kernels take .*float32.*got torch.float64; use backend='reference'"):
         hk.attention(q, k, v, backend="triton")
     # and the launcher itself still refuses, for a caller that reaches it directly
-    from hysparse_kernels.ops.attention.triton import fwd
+    from hysparse_kernels.ops.attention.triton import attention as fwd
 
     with pytest.raises(TypeError, match="q: the triton backend takes float16, bfloat16 or float32, got torch.float64"):
         fwd.attention_fwd(q, k, v, None, True, None, 0.25)
@@ -143,7 +143,7 @@ def test_block_size_below_16_runs_the_reference_path():
     want = R.attention_with_block_scores(q, k, v, 8, True, 16**-0.5)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
-    from hysparse_kernels.ops.attention.triton import fwd
+    from hysparse_kernels.ops.attention.triton import attention as fwd
 
     with pytest.raises(ValueError, match="block_size: .* >= 16, got 8"):
         fwd._launch_fwd(q, k, v, None, True, None, 0.25, block_size=8)

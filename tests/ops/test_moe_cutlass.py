@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hysparse_kernels.ops.moe import cutlass as C
+from hysparse_kernels.ops.moe.cutlass import grouped_gemm as C
 
 # find_spec, not importorskip: importing cutlass_cppgen takes ~15 s and writes a cache file into
 # the working directory; the backend imports it lazily, from its build cache.

@@ -65,7 +65,7 @@ def test_grouped_gemm_tvm_matches_reference(counts, dtype, atol):
 @pytest.mark.parametrize("dtype,atol", [DTYPES[2]], ids=["fp64"])
 def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
     """Large float64 segments run one BLAS GEMM per expert (the threshold lowered to reach it here)."""
-    from hysparse_kernels.ops.moe import tvm as moe_tvm
+    from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
 
     monkeypatch.setattr(moe_tvm, "BLAS_ROWS", 1)
     calls = []
@@ -84,7 +84,7 @@ def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
 def test_moe_outer_product_path_matches_reference(shape, dtype, atol):
     """Segments of >= OP_ROWS rows run the outer-product kernels (packed x, weights broadcast into
     16-row vectors); sizes with N % NR tails, partial 16-row tiles and D off the vector width."""
-    from hysparse_kernels.ops.moe import tvm as moe_tvm
+    from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
 
     x, wgu, wd, w, ids = _data(*shape)
     assert moe_tvm._rows_per_expert(moe_tvm._sort_pairs(ids, shape[1])[1]) >= moe_tvm.OP_ROWS

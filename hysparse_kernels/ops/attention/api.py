@@ -69,12 +69,6 @@ def _scale(scale, q) -> float:
     return float(scale) if scale is not None else q.shape[-1] ** -0.5
 
 
-def _backend(backend) -> str:
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend: expected a backend name or None, got {type(backend).__name__}")
-    return backend or "auto"
-
-
 def attention(q, k, v, *, causal=True, window=None, sink=None, scale=None, return_lse=False, backend=None):
     """Causal (or full) attention, optionally sliding-window and with a learnable sink.
 
@@ -100,7 +94,7 @@ def attention(q, k, v, *, causal=True, window=None, sink=None, scale=None, retur
     checks.positive_int("window", window, allow_none=True)
     if window is not None and not causal:
         raise ValueError(f"window: a sliding window needs causal=True, got window={window} with causal=False")
-    out, lse = ops.attention_fwd(q, k, v, sink, bool(causal), window, _scale(scale, q), _backend(backend))
+    out, lse = ops.attention_fwd(q, k, v, sink, bool(causal), window, _scale(scale, q), checks.backend_name(backend))
     return (out, lse) if return_lse else out
 
 
@@ -117,7 +111,7 @@ def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=No
     """
     _check_qkv(q, k, v)
     checks.power_of_two("block_size", block_size)
-    return ops.attention_block_scores(q, k, v, block_size, bool(causal), _scale(scale, q), _backend(backend))
+    return ops.attention_block_scores(q, k, v, block_size, bool(causal), _scale(scale, q), checks.backend_name(backend))
 
 
 def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, backend=None) -> Tensor:
@@ -140,7 +134,7 @@ def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, backend=None) -> Te
     checks.positive_int("seqlen_k", seqlen_k)
     nblocks = -(-seqlen_k // block_size)
     checks.dim_equal("block_scores", block_scores.shape[3], nblocks, f"ceil(seqlen_k / block_size) blocks")
-    return ops.topk_blocks(block_scores, k, block_size, seqlen_k, _backend(backend))
+    return ops.topk_blocks(block_scores, k, block_size, seqlen_k, checks.backend_name(backend))
 
 
 def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, return_lse=False, backend=None):
@@ -163,7 +157,7 @@ def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, 
     checks.power_of_two("block_size", block_size)
     _check_indices(indices, q, k)
     out, lse = ops.sparse_attention_fwd(
-        q, k, v, indices, block_size, sink, _scale(scale, q), _backend(backend)
+        q, k, v, indices, block_size, sink, _scale(scale, q), checks.backend_name(backend)
     )
     return (out, lse) if return_lse else out
 
@@ -193,7 +187,7 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, *, window=None, sink=No
     _check_sink(sink, q)
     _check_seqlens(cache_seqlens, q)
     checks.positive_int("window", window, allow_none=True)
-    out, lse = ops.attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, _scale(scale, q), _backend(backend))
+    out, lse = ops.attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, _scale(scale, q), checks.backend_name(backend))
     return (out, lse) if return_lse else out
 
 
@@ -211,6 +205,6 @@ def sparse_attention_decode(
     checks.power_of_two("block_size", block_size)
     _check_indices(indices, q, k_cache)
     out, lse = ops.sparse_attention_decode(
-        q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, _scale(scale, q), _backend(backend)
+        q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, _scale(scale, q), checks.backend_name(backend)
     )
     return (out, lse) if return_lse else out

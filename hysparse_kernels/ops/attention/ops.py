@@ -20,15 +20,16 @@ Ops (all outputs are new, contiguous tensors; nothing is mutated):
 
 from __future__ import annotations
 
+import pathlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ... import dispatch
+from ... import dispatch, tuned
 
 _REF = "hysparse_kernels.ops.attention.reference"
-for _op, _fn in {
+_REFERENCE = {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
     "attention_block_scores": "attention_with_block_scores",
@@ -37,14 +38,19 @@ for _op, _fn in {
     "sparse_attention_bwd": "sparse_attention_bwd",
     "attention_decode": "attention_decode",
     "sparse_attention_decode": "sparse_attention_decode",
-}.items():
+}
+for _op, _fn in _REFERENCE.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
+# The kernel sources whose hash keys each backend's tuned configs of these ops.
+_HERE = pathlib.Path(__file__).parent
+tuned.register_sources("attention", _REFERENCE, {"tvm": [_HERE / "tvm"], "triton": [_HERE / "triton"]})
 
 # TVM kernels for the CPU, forward and backward (topk_blocks stays on the reference: a sort, no
 # kernel to win). They compute in fp32 and take half and single precision; float64 (the oracle's
 # dtype) goes to the reference under auto.
 _TVM = "hysparse_kernels.ops.attention.tvm"
 _TVM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_TVM_ACCEPTS = ("attention_block_scores", "sparse_attention_fwd", "attention_decode", "sparse_attention_decode")
 for _op, _fn in {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
@@ -54,30 +60,32 @@ for _op, _fn in {
     "attention_decode": "attention_decode",
     "sparse_attention_decode": "sparse_attention_decode",
 }.items():
-    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}", dtypes=_TVM_DTYPES)
+    # Inputs the kernels do not take (block sizes outside 8..1024, empty sides) go to the reference.
+    _accepts = f"{_TVM}.launch:accepts_{_fn}" if _op in _TVM_ACCEPTS else None
+    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}", dtypes=_TVM_DTYPES, accepts=_accepts)
 
 _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_TRITON_ACCEPTS = ("attention_block_scores", "sparse_attention_fwd", "sparse_attention_bwd", "sparse_attention_decode")
 for _op, _target in {
-    "attention_fwd": "fwd:attention_fwd",
-    "attention_bwd": "bwd:attention_bwd",
-    "attention_block_scores": "fwd:attention_with_block_scores",
-    "topk_blocks": "topk:topk_blocks",
-    "sparse_attention_fwd": "sparse:sparse_attention_fwd",
-    "sparse_attention_bwd": "sparse_bwd:sparse_attention_bwd",
-    "attention_decode": "decode:attention_decode",
-    "sparse_attention_decode": "sparse:sparse_attention_decode",
+    "attention_fwd": "attention:attention_fwd",
+    "attention_bwd": "attention_bwd:attention_bwd",
+    "attention_block_scores": "attention:attention_with_block_scores",
+    "topk_blocks": "topk_blocks:topk_blocks",
+    "sparse_attention_fwd": "sparse_attention:sparse_attention_fwd",
+    "sparse_attention_bwd": "sparse_attention_bwd:sparse_attention_bwd",
+    "attention_decode": "attention_decode:attention_decode",
+    "sparse_attention_decode": "sparse_attention:sparse_attention_decode",
 }.items():
     # Triton's dots take half and single precision; float64 stays on the reference under auto.
-    dispatch.register(_op, "triton", f"{_TRITON}.{_target}", dtypes=_TRITON_DTYPES)
+    # Blocks below the smallest tl.dot tile go to the reference (the kernels' accepts_*).
+    _module, _, _fn = _target.partition(":")
+    _accepts = f"{_TRITON}.{_module}:accepts_{_fn}" if _op in _TRITON_ACCEPTS else None
+    dispatch.register(_op, "triton", f"{_TRITON}.{_target}", dtypes=_TRITON_DTYPES, accepts=_accepts)
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _backend(name: str) -> str | None:
-    return None if name == "auto" else name
 
 
 def _dsink_or_zeros(dsink: Tensor | None, sink: Tensor | None, q: Tensor) -> Tensor:
@@ -108,7 +116,7 @@ def attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, sink: Optional[Tensor], causal: bool, window: Optional[int], scale: float, backend: str
 ) -> tuple[Tensor, Tensor]:
     check_sink(sink)
-    out, lse = dispatch.call("attention_fwd", _backend(backend), q, q, k, v, sink, causal, window, scale)
+    out, lse = dispatch.call("attention_fwd", backend, q, q, k, v, sink, causal, window, scale)
     return out.contiguous(), lse.contiguous()
 
 
@@ -124,7 +132,7 @@ def attention_bwd(
     causal: bool, window: Optional[int], scale: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv, dsink = dispatch.call(
-        "attention_bwd", _backend(backend), q, dout, dlse, q, k, v, sink, out, lse, causal, window, scale
+        "attention_bwd", backend, q, dout, dlse, q, k, v, sink, out, lse, causal, window, scale
     )
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), _dsink_or_zeros(dsink, sink, q)
 
@@ -165,7 +173,7 @@ def attention_block_scores(
     q: Tensor, k: Tensor, v: Tensor, block_size: int, causal: bool, scale: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     out, lse, scores = dispatch.call(
-        "attention_block_scores", _backend(backend), q, q, k, v, block_size, causal, scale
+        "attention_block_scores", backend, q, q, k, v, block_size, causal, scale
     )
     return out.contiguous(), lse.contiguous(), scores.contiguous()
 
@@ -190,7 +198,7 @@ def _block_scores_setup(ctx, inputs, output):
 
 
 def _block_scores_backward(ctx, dout, dlse, dscores):
-    # The scores feed a discrete top-k: they carry no gradient (DESIGN.md, oracle selection).
+    # The scores feed a discrete top-k (the oracle selection): they carry no gradient.
     q, k, v, out, lse = ctx.saved_tensors
     causal, scale, backend = ctx.args
     dq, dk, dv, _ = attention_bwd(
@@ -204,7 +212,7 @@ attention_block_scores.register_autograd(_block_scores_backward, setup_context=_
 
 @torch.library.custom_op("hysparse::topk_blocks", mutates_args=())
 def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int, backend: str) -> Tensor:
-    idx = dispatch.call("topk_blocks", _backend(backend), block_scores, block_scores, k, block_size, seqlen_k)
+    idx = dispatch.call("topk_blocks", backend, block_scores, block_scores, k, block_size, seqlen_k)
     return idx.contiguous()
 
 
@@ -255,7 +263,7 @@ def sparse_attention_fwd(
     check_indices(indices, num_blocks)
     check_sink(sink)
     out, lse = dispatch.call(
-        "sparse_attention_fwd", _backend(backend), q, q, k, v, compact_indices(indices, num_blocks), block_size, sink,
+        "sparse_attention_fwd", backend, q, q, k, v, compact_indices(indices, num_blocks), block_size, sink,
         scale,
     )
     return out.contiguous(), lse.contiguous()
@@ -274,7 +282,7 @@ def sparse_attention_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     indices = compact_indices(indices, -(-k.shape[2] // block_size))
     dq, dk, dv, dsink = dispatch.call(
-        "sparse_attention_bwd", _backend(backend), q,
+        "sparse_attention_bwd", backend, q,
         dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale,
     )
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), _dsink_or_zeros(dsink, sink, q)
@@ -330,7 +338,7 @@ def attention_decode(
     check_seqlens(cache_seqlens, q.shape[2], k_cache.shape[2])
     check_sink(sink)
     out, lse = dispatch.call(
-        "attention_decode", _backend(backend), q, q, k_cache, v_cache, cache_seqlens, sink, window, scale
+        "attention_decode", backend, q, q, k_cache, v_cache, cache_seqlens, sink, window, scale
     )
     return out.contiguous(), lse.contiguous()
 
@@ -350,7 +358,7 @@ def sparse_attention_decode(
     check_indices(indices, num_blocks)
     check_sink(sink)
     out, lse = dispatch.call(
-        "sparse_attention_decode", _backend(backend), q,
+        "sparse_attention_decode", backend, q,
         q, k_cache, v_cache, cache_seqlens, compact_indices(indices, num_blocks), block_size, sink, scale,
     )
     return out.contiguous(), lse.contiguous()

@@ -27,12 +27,6 @@ from . import ops
 _SCORING = ("softmax", "sigmoid")
 
 
-def _backend(backend) -> str:
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend: expected a backend name or None, got {type(backend).__name__}")
-    return backend or "auto"
-
-
 def _check_ids(expert_ids, T: int | None, like: Tensor) -> None:
     checks.tensor("expert_ids", expert_ids, 2, "[T, top_k]")
     checks.integer("expert_ids", expert_ids)
@@ -102,7 +96,7 @@ def route(router_logits, *, top_k, scoring="softmax", bias=None, n_group=1, topk
         checks.same_device("bias", bias, "router_logits", router_logits)
     checks.finite_float("scaling", scaling)
     return ops.moe_route(
-        router_logits, top_k, scoring, bias, n_group, topk_group, bool(renormalize), float(scaling), _backend(backend)
+        router_logits, top_k, scoring, bias, n_group, topk_group, bool(renormalize), float(scaling), checks.backend_name(backend)
     )
 
 
@@ -126,7 +120,7 @@ def moe_permute(x, expert_ids, num_experts, *, backend=None) -> tuple[Tensor, Te
     checks.floating("x", x)
     _check_ids(expert_ids, x.shape[0], x)
     checks.positive_int("num_experts", num_experts)
-    return ops.moe_permute(x, expert_ids, num_experts, _backend(backend))
+    return ops.moe_permute(x, expert_ids, num_experts, checks.backend_name(backend))
 
 
 def moe_unpermute(y_sorted, inverse, weights, *, backend=None) -> Tensor:
@@ -146,7 +140,7 @@ def moe_unpermute(y_sorted, inverse, weights, *, backend=None) -> Tensor:
     checks.same_device("inverse", inverse, "y_sorted", y_sorted)
     _check_weights(weights, inverse)
     checks.dim_equal("y_sorted", y_sorted.shape[0], inverse.numel(), "rows T*k (inverse.numel())")
-    return ops.moe_unpermute(y_sorted, inverse.long(), weights, _backend(backend))
+    return ops.moe_unpermute(y_sorted, inverse.long(), weights, checks.backend_name(backend))
 
 
 def grouped_gemm(x_sorted, w, expert_offsets, *, backend=None) -> Tensor:
@@ -173,7 +167,7 @@ def grouped_gemm(x_sorted, w, expert_offsets, *, backend=None) -> Tensor:
     checks.integer("expert_offsets", expert_offsets)
     checks.same_device("expert_offsets", expert_offsets, "x_sorted", x_sorted)
     checks.dim_equal("expert_offsets", expert_offsets.shape[0], w.shape[0] + 1, "E + 1 (w.shape[0] + 1)")
-    return ops.grouped_gemm(x_sorted.contiguous(), w.contiguous(), expert_offsets.long(), _backend(backend))
+    return ops.grouped_gemm(x_sorted.contiguous(), w.contiguous(), expert_offsets.long(), checks.backend_name(backend))
 
 
 def moe(x, w_gate_up, w_down, weights, expert_ids, *, backend=None) -> Tensor:
@@ -211,7 +205,7 @@ def moe(x, w_gate_up, w_down, weights, expert_ids, *, backend=None) -> Tensor:
     _check_weights(weights, expert_ids)
     return ops.moe_fwd(
         x.contiguous(), w_gate_up.contiguous(), w_down.contiguous(), weights.contiguous(), expert_ids.contiguous(),
-        _backend(backend),
+        checks.backend_name(backend),
     )
 
 

@@ -18,16 +18,17 @@ Ops (outputs are new tensors; nothing is mutated):
 
 from __future__ import annotations
 
+import pathlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ... import dispatch
+from ... import dispatch, tuned
 
 _PKG = "hysparse_kernels.ops.moe"
 _REF = f"{_PKG}.reference"
-for _op, _fn in {
+_REFERENCE = {
     "moe_route": "route",
     "moe_permute": "moe_permute",
     "moe_unpermute": "moe_unpermute",
@@ -35,26 +36,23 @@ for _op, _fn in {
     "grouped_gemm_wgrad": "grouped_gemm_wgrad",
     "moe_fwd": "moe",
     "moe_bwd": "moe_bwd",
-}.items():
+}
+for _op, _fn in _REFERENCE.items():
     dispatch.register(_op, "reference", f"{_REF}:{_fn}")
+# The kernel sources whose hash keys each backend's tuned configs of these ops.
+_HERE = pathlib.Path(__file__).parent
+tuned.register_sources("moe", _REFERENCE, {"tvm": [_HERE / "tvm"], "triton": [_HERE / "triton"]})
 
 # Optimised backends (forward kernels; the backward passes run where a backend has them, else on
-# the reference, see `_bwd_backend`).
-dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm:moe")
-dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm:grouped_gemm")
-dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.fused:moe")
-dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.fused:grouped_gemm")
-dispatch.register("moe_route", "triton", f"{_PKG}.triton.routing:route")
-dispatch.register("grouped_gemm", "cutlass", f"{_PKG}.cutlass:grouped_gemm")
-
-
-def _backend(name: str) -> str | None:
-    return None if name == "auto" else name
-
-
-def _bwd_backend(op: str, backend: str) -> str:
-    """The backend a backward op runs on: the forward's when it implements ``op``, else auto."""
-    return backend if backend in dispatch.implemented(op) else "auto"
+# the reference, see `dispatch.backward_backend`).
+dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm.moe:moe")
+dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm.moe:grouped_gemm")
+dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.moe:moe")
+dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.moe:grouped_gemm")
+dispatch.register("moe_route", "triton", f"{_PKG}.triton.route:route")
+# CUTLASS: 16-bit operands with 16-byte aligned rows; other inputs run on the next backend (Triton).
+dispatch.register("grouped_gemm", "cutlass", f"{_PKG}.cutlass.grouped_gemm:grouped_gemm", dtypes=(torch.bfloat16, torch.float16),
+                  accepts=f"{_PKG}.cutlass.grouped_gemm:accepts_grouped_gemm")
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -95,7 +93,7 @@ def moe_route(
     renormalize: bool, scaling: float, backend: str,
 ) -> tuple[Tensor, Tensor]:
     weights, ids = dispatch.call(
-        "moe_route", _backend(backend), router_logits.device.type,
+        "moe_route", backend, router_logits.device.type,
         router_logits, top_k, scoring, bias, n_group, topk_group, renormalize, scaling,
     )
     return weights.contiguous(), ids.contiguous()
@@ -150,7 +148,7 @@ moe_route.register_autograd(_route_backward, setup_context=_route_setup)
 @torch.library.custom_op("hysparse::moe_permute", mutates_args=())
 def moe_permute(x: Tensor, expert_ids: Tensor, num_experts: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     check_expert_ids(expert_ids, num_experts)
-    xs, off, inv = dispatch.call("moe_permute", _backend(backend), x.device.type, x, expert_ids, num_experts)
+    xs, off, inv = dispatch.call("moe_permute", backend, x.device.type, x, expert_ids, num_experts)
     return xs.contiguous(), off.contiguous(), inv.contiguous()
 
 
@@ -183,7 +181,7 @@ moe_permute.register_autograd(_permute_backward, setup_context=_permute_setup)
 @torch.library.custom_op("hysparse::moe_unpermute", mutates_args=())
 def moe_unpermute(y_sorted: Tensor, inverse: Tensor, weights: Tensor, backend: str) -> Tensor:
     check_inverse(inverse, y_sorted.shape[0])
-    out = dispatch.call("moe_unpermute", _backend(backend), y_sorted.device.type, y_sorted, inverse, weights)
+    out = dispatch.call("moe_unpermute", backend, y_sorted.device.type, y_sorted, inverse, weights)
     return out.contiguous()
 
 
@@ -217,7 +215,7 @@ moe_unpermute.register_autograd(_unpermute_backward, setup_context=_unpermute_se
 @torch.library.custom_op("hysparse::grouped_gemm", mutates_args=())
 def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor, backend: str) -> Tensor:
     check_offsets(expert_offsets, x_sorted.shape[0])
-    y = dispatch.call("grouped_gemm", _backend(backend), x_sorted.device.type, x_sorted, w, expert_offsets)
+    y = dispatch.call("grouped_gemm", backend, x_sorted.device.type, x_sorted, w, expert_offsets)
     return y.contiguous()
 
 
@@ -229,7 +227,7 @@ def _(x_sorted, w, expert_offsets, backend):
 @torch.library.custom_op("hysparse::grouped_gemm_wgrad", mutates_args=())
 def grouped_gemm_wgrad(dy: Tensor, x_sorted: Tensor, expert_offsets: Tensor, num_experts: int, backend: str) -> Tensor:
     dw = dispatch.call(
-        "grouped_gemm_wgrad", _backend(backend), dy.device.type, dy, x_sorted, expert_offsets, num_experts
+        "grouped_gemm_wgrad", backend, dy.device.type, dy, x_sorted, expert_offsets, num_experts
     )
     return dw.contiguous()
 
@@ -248,8 +246,10 @@ def _gg_setup(ctx, inputs, output):
 def _gg_backward(ctx, dy):
     x_sorted, w, offsets = ctx.saved_tensors
     # dx = dy @ w[e] per segment: the same grouped GEMM with w transposed to [E, K, N].
-    dx = grouped_gemm(dy.contiguous(), w.transpose(1, 2).contiguous(), offsets, _bwd_backend("grouped_gemm", ctx.backend))
-    dw = grouped_gemm_wgrad(dy.contiguous(), x_sorted, offsets, w.shape[0], _bwd_backend("grouped_gemm_wgrad", ctx.backend))
+    dx = grouped_gemm(dy.contiguous(), w.transpose(1, 2).contiguous(), offsets,
+                      dispatch.backward_backend("grouped_gemm", ctx.backend))
+    dw = grouped_gemm_wgrad(dy.contiguous(), x_sorted, offsets, w.shape[0],
+                            dispatch.backward_backend("grouped_gemm_wgrad", ctx.backend))
     return dx, dw, None, None
 
 
@@ -262,7 +262,7 @@ grouped_gemm.register_autograd(_gg_backward, setup_context=_gg_setup)
 @torch.library.custom_op("hysparse::moe_fwd", mutates_args=())
 def moe_fwd(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor, backend: str) -> Tensor:
     check_expert_ids(expert_ids, w_gate_up.shape[0])
-    out = dispatch.call("moe_fwd", _backend(backend), x.device.type, x, w_gate_up, w_down, weights, expert_ids)
+    out = dispatch.call("moe_fwd", backend, x.device.type, x, w_gate_up, w_down, weights, expert_ids)
     return out.contiguous()
 
 
@@ -276,7 +276,7 @@ def moe_bwd(
     dout: Tensor, x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dx, dwgu, dwd, dw = dispatch.call(
-        "moe_bwd", _backend(backend), x.device.type, dout, x, w_gate_up, w_down, weights, expert_ids
+        "moe_bwd", backend, x.device.type, dout, x, w_gate_up, w_down, weights, expert_ids
     )
     return dx.contiguous(), dwgu.contiguous(), dwd.contiguous(), dw.contiguous()
 
@@ -295,7 +295,7 @@ def _moe_setup(ctx, inputs, output):
 def _moe_backward(ctx, dout):
     x, w_gate_up, w_down, weights, expert_ids = ctx.saved_tensors
     dx, dwgu, dwd, dw = moe_bwd(
-        dout.contiguous(), x, w_gate_up, w_down, weights, expert_ids, _bwd_backend("moe_bwd", ctx.backend)
+        dout.contiguous(), x, w_gate_up, w_down, weights, expert_ids, dispatch.backward_backend("moe_bwd", ctx.backend)
     )
     return dx, dwgu, dwd, dw, None, None
 

@@ -55,7 +55,12 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
     """The kernel configurations the launchers use on a GPU (heuristic defaults, not interpreted)."""
     import torch
 
-    from . import bwd, decode, fwd, sparse, sparse_bwd, topk
+    from . import attention as fwd
+    from . import attention_bwd as bwd
+    from . import attention_decode as decode
+    from . import sparse_attention as sparse
+    from . import sparse_attention_bwd as sparse_bwd
+    from . import topk_blocks as topk
 
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     prec = dot_precision(tdt)

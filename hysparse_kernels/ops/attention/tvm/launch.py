@@ -3,16 +3,12 @@ outputs with torch and run the kernels on the tensors through DLPack (zero copy)
 
 from __future__ import annotations
 
-import hashlib
-import pathlib
-from functools import lru_cache
-
 import torch
 
-from .... import dispatch, tuned
+from .... import tuned
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from .host import _DTYPES, _c, _sink_arg, _source_hash
 
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
 # 48 x (Dqk + Dv) FMAs while Q, S, P and the accumulator of a task stay in L2, and split into the
 # kernel's 6-row register tiles.
@@ -41,38 +37,9 @@ FEW_QUERIES = 8
 SWA_MAX_WINDOW = 512
 
 
-@lru_cache(maxsize=1)
-def _source_hash() -> str:
-    here = pathlib.Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("common.py", "dense.py", "rows.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _reference(op: str):
-    return dispatch.get_impl(op, "reference")
-
-
-def _supported(*tensors) -> bool:
-    return all(t.dtype in _DTYPES for t in tensors)
-
-
-def _c(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
 # Placeholders for the buffers a specialisation does not read (never written by the kernels).
-_NO_SINK = torch.zeros(1, dtype=torch.float32)
 _NO_SCORES = torch.zeros(1, 1, 1, 1, dtype=torch.float32)
 _NO_INDICES = torch.zeros(1, 1, 1, 1, dtype=torch.int32)
-
-
-def _sink_arg(sink):
-    # The kernels read the sink as fp32 [Hq]; without a sink a 1-element placeholder is passed.
-    if sink is None:
-        return _NO_SINK
-    return _c(sink.detach().to(torch.float32))
 
 
 def _heuristic(window, dense=True, group=1, seqlen_k=0) -> dict:
@@ -198,8 +165,6 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 
         out, lse = attention_fwd(q, k, v, None, True, 128, q.shape[-1] ** -0.5)
     """
-    if not _supported(q, k, v):
-        return _reference("attention_fwd")(q, k, v, sink, causal, window, scale)
     if q.numel() == 0:
         return q.new_empty(*q.shape[:3], v.shape[-1]), q.new_empty(q.shape[:3], dtype=torch.float32)
     if k.shape[2] == 0:
@@ -221,11 +186,10 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 def attention_with_block_scores(q, k, v, block_size, causal, scale):
     """Attention plus HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` (float32).
 
-    The KV tile of the kernel is the block, so block sizes from 8 to 1024 run in TVM; smaller
-    blocks and float64 run the reference. Returns ``(out, lse, block_scores)``.
+    The KV tile of the kernel is the block, so block sizes from 8 to 1024 run in TVM; dispatch
+    sends other inputs elsewhere (``accepts_attention_with_block_scores``). Returns
+    ``(out, lse, block_scores)``.
     """
-    if not _supported(q, k, v) or not 8 <= block_size <= 1024 or q.numel() == 0 or k.shape[2] == 0:
-        return _reference("attention_block_scores")(q, k, v, block_size, causal, scale)
     group = q.shape[1] // k.shape[1]
     return _tuned("attention_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
                   lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size}),
@@ -236,10 +200,8 @@ def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
     """Attention over the selected KV blocks (``indices [B, Hkv, Sq, k]``, -1 pads). Returns ``(out, lse)``.
 
     Each query reads only its listed blocks (a block listed twice counts once), causal inside
-    its own block. float64 runs the reference.
+    its own block. Empty inputs run elsewhere (``accepts_sparse_attention_fwd``).
     """
-    if not _supported(q, k, v) or q.numel() == 0 or k.shape[2] == 0 or indices.shape[-1] == 0:
-        return _reference("sparse_attention_fwd")(q, k, v, indices, block_size, sink, scale)
     kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
     return _run_rows("sparse_attention_fwd", q, k, v, kv_len, indices, block_size, sink, None, scale)
 
@@ -250,8 +212,6 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
     q ``[B, Hq, Sq, Dqk]`` (Sq = 1 or a few), caches ``[B, Hkv, Smax, D]``; the kernel reads only
     the tiles a query can see (window included), in place. Returns ``(out, lse)``.
     """
-    if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0:
-        return _reference("attention_decode")(q, k_cache, v_cache, cache_seqlens, sink, window, scale)
     return _tuned("attention_decode", q, k_cache, v_cache, window, _heuristic(window, dense=False),
                   lambda c: _run_rows("attention_decode", q, k_cache, v_cache, cache_seqlens, None, None, sink,
                                       window, scale, c))
@@ -259,6 +219,57 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
 
 def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale):
     """Sparse attention of decode queries over selected blocks of a padded shared cache. Returns ``(out, lse)``."""
-    if not _supported(q, k_cache, v_cache) or q.numel() == 0 or k_cache.shape[2] == 0 or indices.shape[-1] == 0:
-        return _reference("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale)
     return _run_rows("sparse_attention_decode", q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, None, scale)
+
+
+# ---------------------------------------------------------------- the inputs the kernels take
+# Registered with dispatch (``accepts=``): inputs for which these return False run on the next
+# backend of the auto order (the reference on the CPU). The dtypes are registered separately.
+
+
+def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale) -> bool:
+    """Block sizes 8..1024 (the block is the kernel's KV tile), no empty query or key side."""
+    return 8 <= block_size <= 1024 and q.numel() > 0 and k.shape[2] > 0
+
+
+def accepts_sparse_attention_fwd(q, k, v, indices, block_size, sink, scale) -> bool:
+    """Queries, keys and at least one selected block."""
+    return q.numel() > 0 and k.shape[2] > 0 and indices.shape[-1] > 0
+
+
+def accepts_attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale) -> bool:
+    """Queries and a cache with room for keys."""
+    return q.numel() > 0 and k_cache.shape[2] > 0
+
+
+def accepts_sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale) -> bool:
+    """Queries, a cache with room for keys and at least one selected block."""
+    return q.numel() > 0 and k_cache.shape[2] > 0 and indices.shape[-1] > 0
+
+
+# ---------------------------------------------------------------- the autotuner's entry points
+
+
+def heuristic_config(op: str, shape: dict) -> dict:
+    """The config ``op`` runs for a cache-named ``shape`` without a tuned entry (the tuner's baseline)."""
+    window = shape.get("window")
+    group = int(shape.get("group") or int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1)))
+    if op == "attention_block_scores":
+        return {"rows": group * dense_queries_per_task(group)}
+    dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES)
+    return _heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
+
+
+def run_with_config(op: str, config: dict, q, k, v, *, window=None, block_size=None):
+    """Run the kernel of ``op`` (causal, no sink, full caches for decode) on exactly ``config``,
+    bypassing the tuned-config cache: the autotuner times candidates this way."""
+    scale = q.shape[-1] ** -0.5
+    if op == "attention_block_scores":
+        bs = int(block_size)
+        return _run_dense(q, k, v, None, True, None, scale, bs, {**config, "kv_tile": bs})
+    if op == "attention_decode" or q.shape[2] <= FEW_QUERIES:
+        lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
+        return _run_rows(op, q, k, v, lens, None, None, None, window, scale, config)
+    if op == "attention_fwd":
+        return _run_dense(q, k, v, None, True, window, scale, config=config)
+    raise KeyError(f"op: no tvm tuning entry for {op!r}")

@@ -16,7 +16,7 @@ import math
 import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
-from .launch import _DTYPES, _c, _source_hash
+from .host import _DTYPES, _c, _source_hash
 
 # Query rows per tile (group heads x queries): 32 rows amortise each K / V block over 32 x (Dqk + Dv)
 # FMAs per GEMM and split into 4-row register tiles; P and dS of a tile stay in L1 at 64 keys.

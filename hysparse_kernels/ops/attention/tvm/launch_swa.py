@@ -11,7 +11,7 @@ import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
 from ....backends.tvm.workspace import workspace
-from .launch import _DTYPES, _c, _sink_arg, _source_hash
+from .host import _DTYPES, _c, _sink_arg, _source_hash
 
 # Query rows per task (group heads x queries): 24 rows make 4 register tiles of 6 rows; fewer
 # queries per block mean a shorter band per row (W + BM - 1 keys for W useful).

@@ -19,8 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, reference_impl
-from .tuned_configs import guarded
+from .config import MIN_BLOCK, check_dtype, dot_in_fp32, dot_precision, head_block, launch
 
 LOG2E = 1.4426950408889634
 
@@ -213,30 +212,33 @@ def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
     B, Hq, Sq, Dqk = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     op = "attention_fwd" if block_size is None else "attention_block_scores"
-    cfg = config_for(op, {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": Hq // Hkv, "block_size": block_size})
-    block_n = cfg.block_n
-    if block_size is not None:
-        if block_size < MIN_BLOCK:
-            raise ValueError(f"block_size: the triton block-score kernel needs block_size >= {MIN_BLOCK}, got {block_size}")
-        block_n = block_size  # block = KV tile: the tile's row max is the block's row max
-    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
-    n_blocks = triton.cdiv(Sk, block_n) if block_size is not None else 1
-    if block_size is not None:
-        tmax = torch.empty(B, Hq, Sq, n_blocks, dtype=torch.float32, device=q.device)
-        scores = torch.zeros(B, Hkv, Sq, n_blocks, dtype=torch.int32, device=q.device)  # fp32 bits
-    else:
-        tmax = scores = lse  # unused (SCORES=False), any fp32 pointer
-    sink_arg = sink.contiguous() if sink is not None else lse
-    grid = (triton.cdiv(Sq, cfg.block_m), B * Hq)
-    _attn_fwd_kernel[grid](
-        q, k, v, sink_arg, out, lse, tmax, scores,
-        Sq, Sk, Hq, Hkv, window if window is not None else 0, scale * LOG2E, n_blocks,
-        DQK=Dqk, DV=Dv, CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_SINK=sink is not None,
-        SCORES=block_size is not None, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
-        BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
-    )
-    return out, lse, (scores.view(torch.float32) if block_size is not None else None)
+
+    def run(cfg):
+        block_n = cfg.block_n
+        if block_size is not None:
+            if block_size < MIN_BLOCK:
+                raise ValueError(f"block_size: the triton block-score kernel needs block_size >= {MIN_BLOCK}, got {block_size}")
+            block_n = block_size  # block = KV tile: the tile's row max is the block's row max
+        out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
+        n_blocks = triton.cdiv(Sk, block_n) if block_size is not None else 1
+        if block_size is not None:
+            tmax = torch.empty(B, Hq, Sq, n_blocks, dtype=torch.float32, device=q.device)
+            scores = torch.zeros(B, Hkv, Sq, n_blocks, dtype=torch.int32, device=q.device)  # fp32 bits
+        else:
+            tmax = scores = lse  # unused (SCORES=False), any fp32 pointer
+        sink_arg = sink.contiguous() if sink is not None else lse
+        grid = (triton.cdiv(Sq, cfg.block_m), B * Hq)
+        _attn_fwd_kernel[grid](
+            q, k, v, sink_arg, out, lse, tmax, scores,
+            Sq, Sk, Hq, Hkv, window if window is not None else 0, scale * LOG2E, n_blocks,
+            DQK=Dqk, DV=Dv, CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_SINK=sink is not None,
+            SCORES=block_size is not None, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
+            BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
+        )
+        return out, lse, (scores.view(torch.float32) if block_size is not None else None)
+
+    return launch(op, {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": Hq // Hkv, "block_size": block_size}, run)
 
 
 def attention_fwd(q, k, v, sink, causal, window, scale):
@@ -246,7 +248,7 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
 
         out, lse = attention_fwd(q, k, v, None, True, 16, q.shape[-1] ** -0.5)
     """
-    out, lse, _ = guarded(lambda: _launch_fwd(q, k, v, sink, causal, window, scale))
+    out, lse, _ = _launch_fwd(q, k, v, sink, causal, window, scale)
     return out, lse
 
 
@@ -255,8 +257,11 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale):
 
     The KV tile is the block; memory beyond the outputs is one fp32 tile maximum per (query head,
     query, block): ``1 / block_size`` of a score matrix, never ``S x S``. Blocks smaller than
-    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) run the reference path.
+    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("attention_block_scores")(q, k, v, block_size, causal, scale)
-    return guarded(lambda: _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size))
+    return _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size)
+
+
+def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys (the block is the KV tile of a ``tl.dot``)."""
+    return block_size >= MIN_BLOCK

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block
-from .fwd import LOG2E, _kv_range
+from .config import check_dtype, dot_in_fp32, dot_precision, head_block, launch
+from .attention import LOG2E, _kv_range
 
 
 @triton.jit
@@ -200,22 +200,25 @@ def attention_bwd(dout, dlse, q, k, v, sink, out, lse, causal, window, scale):
     B, Hq, Sq, Dqk = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     delta = softmax_delta(dout, out, dlse).contiguous()
-    cfg = config_for("attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": Hq // Hkv})
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    common = dict(
-        DQK=Dqk, DV=Dv, CAUSAL=bool(causal), HAS_WINDOW=window is not None, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype),
-        **cfg.launch(),
-    )
-    w = window if window is not None else 0
-    if Sq and Sk and B * Hq:
-        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.block_m), B * Hq)](
-            q, k, v, dout, lse, delta, dq, Sq, Sk, Hq, Hkv, w, scale * LOG2E, scale, **common)
-        _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), B * Hkv)](
-            q, k, v, dout, lse, delta, dk, dv, Sq, Sk, Hq, Hkv, w, scale * LOG2E, scale, **common)
-    else:
-        dq.zero_(), dk.zero_(), dv.zero_()
-    dsink = sink_grad(sink, lse, delta) if sink is not None else None
-    return dq, dk, dv, dsink
+
+    def run(cfg):
+        dq = torch.empty_like(q)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        common = dict(
+            DQK=Dqk, DV=Dv, CAUSAL=bool(causal), HAS_WINDOW=window is not None, BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n, BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype),
+            **cfg.launch(),
+        )
+        w = window if window is not None else 0
+        if Sq and Sk and B * Hq:
+            _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.block_m), B * Hq)](
+                q, k, v, dout, lse, delta, dq, Sq, Sk, Hq, Hkv, w, scale * LOG2E, scale, **common)
+            _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), B * Hkv)](
+                q, k, v, dout, lse, delta, dk, dv, Sq, Sk, Hq, Hkv, w, scale * LOG2E, scale, **common)
+        else:
+            dq.zero_(), dk.zero_(), dv.zero_()
+        dsink = sink_grad(sink, lse, delta) if sink is not None else None
+        return dq, dk, dv, dsink
+
+    return launch("attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": Hq // Hkv}, run)

@@ -34,10 +34,10 @@ from torch import Tensor
 
 import tvm
 
-from . import tvm_kernels as K
-from ... import tuned
-from ...backends.tvm import threads
-from ...backends.tvm.workspace import workspace
+from . import kernels as K
+from .... import tuned
+from ....backends.tvm import threads
+from ....backends.tvm.workspace import workspace
 
 threads.prepare()  # size TVM's pool before anything here can start it
 
@@ -60,7 +60,7 @@ _MT = 128
 # segments). Single and half precision take the outer-product kernels below instead.
 BLAS_ROWS = 256
 # float32 / bfloat16 / float16 experts with at least this many rows on average run the
-# outer-product kernels (tvm_kernels: a weight element broadcast into a vector of 16 rows; the
+# outer-product kernels (kernels.py: a weight element broadcast into a vector of 16 rows; the
 # activations packed transposed); fewer rows leave the 16-row vectors mostly empty. Register
 # tiles (weight rows): gate/up 3 (x2 gate and up: 12 accumulators), down 6 (12 accumulators).
 OP_ROWS = 16
@@ -101,7 +101,7 @@ def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str, rows_per_expert:
 
 
 def _op_libs(E: int, D: int, inter: int, dtype: str):
-    """(pack, gate/up, down) outer-product kernels for these sizes (see tvm_kernels)."""
+    """(pack, gate/up, down) outer-product kernels for these sizes (see kernels.py)."""
     p = num_threads()
     slices = {m: (p if n // _OP_NR[m] >= p else 1) for m, n in (("gate_up", inter), ("down", D))}
     pack = _build(("op_pack", D, dtype), lambda: K.pack_rows_t_func(D, dtype))
@@ -280,3 +280,22 @@ def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offset
     out = torch.empty(T, D, dtype=x.dtype)
     _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
     return out
+
+
+# ---------------------------------------------------------------- the autotuner's entry points
+
+
+def heuristic_config(op: str, shape: dict) -> dict:
+    """The config ``moe_fwd`` runs without a tuned entry (the tuner's baseline)."""
+    if op != "moe_fwd":
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    return dict(HEURISTIC)
+
+
+def run_with_config(op: str, config: dict, x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor,
+                    expert_ids: Tensor) -> Tensor:
+    """``moe`` on exactly ``config`` (register tiles and L2 row tile), bypassing the tuned-config
+    cache: the autotuner times candidates this way."""
+    if op != "moe_fwd":
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    return _moe(x, w_gate_up, w_down, weights, expert_ids, config)

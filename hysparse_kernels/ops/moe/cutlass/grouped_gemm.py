@@ -178,15 +178,12 @@ def _library(element: str, device: torch.device) -> ctypes.CDLL:
 
 
 def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
-    """y[r] = x_sorted[r] @ w[e].T per expert segment: ``[M, N]`` (see ``api.grouped_gemm``)."""
+    """y[r] = x_sorted[r] @ w[e].T per expert segment: ``[M, N]`` (see ``api.grouped_gemm``).
+
+    16-bit operands with 16-byte aligned rows only (``accepts_grouped_gemm``); dispatch runs other
+    inputs on the next backend of the auto order."""
     M, K = x_sorted.shape
     E, N, _ = w.shape
-    if x_sorted.dtype not in _ELEMENT or K % 8 or N % 8:
-        # The tensor-core kernel takes 16-bit operands with 16-byte aligned rows; other cases
-        # (float32/64, odd sizes) run on the Triton kernel, which auto dispatch ranks next.
-        from .triton import fused
-
-        return fused.grouped_gemm(x_sorted, w, expert_offsets)
     y = torch.zeros(M, N, dtype=x_sorted.dtype, device=x_sorted.device)
     counts = (expert_offsets[1:] - expert_offsets[:-1]).cpu()
     experts = torch.nonzero(counts).flatten()  # empty experts are not launched
@@ -210,3 +207,8 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
     if rc:
         raise RuntimeError(f"cutlass grouped GEMM failed (status {rc})")
     return y
+
+
+def accepts_grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> bool:
+    """The tensor-core kernel takes rows of 16-byte multiples: ``K % 8 == 0`` and ``N % 8 == 0``."""
+    return x_sorted.shape[1] % 8 == 0 and w.shape[1] % 8 == 0

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import config_for, next_pow2
+from .config import launch, next_pow2
 
 
 @triton.jit
@@ -67,11 +67,14 @@ def topk_blocks(block_scores, k, block_size, seqlen_k):
     if n_rows == 0 or rounds == 0:
         return out
     block_b = max(16, next_pow2(n_blocks))
-    cfg = config_for("topk_blocks", {"n_blocks": n_blocks, "k": k})
-    # keep a program's [BLOCK_R, BLOCK_B] tile at most 8K elements
-    block_r = max(1, min(cfg.block_m, 8192 // block_b))
-    _topk_blocks_kernel[(triton.cdiv(n_rows, block_r),)](
-        scores, out, n_rows, Sq, n_blocks, k, rounds, seqlen_k, block_size, BLOCK_R=block_r, BLOCK_B=block_b,
-        **cfg.launch(),
-    )
-    return out
+
+    def run(cfg):
+        # keep a program's [BLOCK_R, BLOCK_B] tile at most 8K elements
+        block_r = max(1, min(cfg.block_m, 8192 // block_b))
+        _topk_blocks_kernel[(triton.cdiv(n_rows, block_r),)](
+            scores, out, n_rows, Sq, n_blocks, k, rounds, seqlen_k, block_size, BLOCK_R=block_r, BLOCK_B=block_b,
+            **cfg.launch(),
+        )
+        return out
+
+    return launch("topk_blocks", {"n_blocks": n_blocks, "k": k}, run)

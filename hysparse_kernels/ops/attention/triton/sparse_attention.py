@@ -11,7 +11,7 @@ attention. Oracle selections of neighbouring queries overlap heavily (local bloc
 "sink" blocks), so the union is close to ``k`` blocks while the rows fill a tensor-core tile
 (64 rows: wgmma on sm90). With ``BLOCK_Q = 1`` (decode, or ``G >= 16``) it is one query per
 program. Which ``BLOCK_Q`` is fastest depends on the overlap of real selections and was not
-measured (no GPU): ``config.cuda_configs("sparse_attention")`` holds both shapes.
+measured (no GPU): the autotuner's search space holds both shapes.
 
 A block appearing twice counts once (later copies are skipped), ``-1`` entries are pads, keys
 after the query's position are masked (causal inside its own block), and the sink is folded
@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
-from .fwd import _masked_pv
+from .config import MIN_BLOCK, check_dtype, dot_in_fp32, dot_precision, head_block, launch, next_pow2
+from .attention import _masked_pv
 
 LOG2E = 1.4426950408889634
 
@@ -143,25 +143,28 @@ def _launch_sparse(q, k, v, indices, block_size, sink, scale, cache_seqlens=None
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
     n_sel = indices.shape[-1]
     group = Hq // Hkv
-    cfg = config_for("sparse_attention", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group})
-    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
-    seqlens = cache_seqlens.to(torch.int32).contiguous() if cache_seqlens is not None else indices
-    # Queries per program: fill cfg.block_m rows with whole KV groups (at least one query).
-    block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
-    block_m = max(16, next_pow2(block_q * group))
-    grid = (triton.cdiv(Sq, block_q), B * Hkv)
-    if Sq == 0 or B * Hkv == 0:
+
+    def run(cfg):
+        out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
+        seqlens = cache_seqlens.to(torch.int32).contiguous() if cache_seqlens is not None else indices
+        # Queries per program: fill cfg.block_m rows with whole KV groups (at least one query).
+        block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
+        block_m = max(16, next_pow2(block_q * group))
+        grid = (triton.cdiv(Sq, block_q), B * Hkv)
+        if Sq == 0 or B * Hkv == 0:
+            return out, lse
+        _sparse_fwd_kernel[grid](
+            q, k, v, indices, seqlens, sink.contiguous() if sink is not None else lse, out, lse,
+            Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E,
+            DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, HAS_SINK=sink is not None, DECODE=cache_seqlens is not None,
+            BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_K=max(16, next_pow2(n_sel)),
+            BLOCK_L=max(16, next_pow2(block_q * n_sel)), BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv),
+            PREC=dot_precision(q.dtype), **cfg.launch(),
+        )
         return out, lse
-    _sparse_fwd_kernel[grid](
-        q, k, v, indices, seqlens, sink.contiguous() if sink is not None else lse, out, lse,
-        Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E,
-        DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, HAS_SINK=sink is not None, DECODE=cache_seqlens is not None,
-        BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_K=max(16, next_pow2(n_sel)),
-        BLOCK_L=max(16, next_pow2(block_q * n_sel)), BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv),
-        PREC=dot_precision(q.dtype), **cfg.launch(),
-    )
-    return out, lse
+
+    return launch("sparse_attention", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group}, run)
 
 
 def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
@@ -173,10 +176,8 @@ def sparse_attention_fwd(q, k, v, indices, block_size, sink, scale):
 
         out, lse = sparse_attention_fwd(q, k, v, idx, 64, None, q.shape[-1] ** -0.5)
 
-    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
+    Blocks smaller than ``MIN_BLOCK`` (16) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("sparse_attention_fwd")(q, k, v, indices, block_size, sink, scale)
     return _launch_sparse(q, k, v, indices, block_size, sink, scale)
 
 
@@ -186,9 +187,16 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
     q ``[B, Hq, Sq, Dqk]`` (Sq = 1 or 1 + draft tokens), caches ``[B, Hkv, Smax, D]`` with
     ``cache_seqlens [B]`` valid keys. The selected keys are few (k blocks), so one program per
     (query, KV group) suffices; no split over the cache is needed. Blocks smaller than
-    ``MIN_BLOCK`` (16) run the reference path.
+    ``MIN_BLOCK`` (16) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("sparse_attention_decode")(q, k_cache, v_cache, cache_seqlens, indices, block_size,
-                                                         sink, scale)
     return _launch_sparse(q, k_cache, v_cache, indices, block_size, sink, scale, cache_seqlens=cache_seqlens)
+
+
+def accepts_sparse_attention_fwd(q, k, v, indices, block_size, sink, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys."""
+    return block_size >= MIN_BLOCK
+
+
+def accepts_sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_size, sink, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys."""
+    return block_size >= MIN_BLOCK

@@ -3,13 +3,13 @@
 Kernel chain: ``_sparse_bwd_kernel`` -> ``sparse_attention_bwd``.
 
 One program per (block of queries, batch x KV head), rows = (query, head) pairs over the union
-of the queries' selected blocks, exactly like the forward (``sparse.py``). It recomputes ``p = exp(s - lse)`` on each selected block, keeps ``dq`` in registers and
+of the queries' selected blocks, exactly like the forward (``sparse_attention.py``). It recomputes ``p = exp(s - lse)`` on each selected block, keeps ``dq`` in registers and
 scatters the block's ``dk = scale * ds^T q`` and ``dv = p^T dout`` into fp32 copies of the cache
 gradients with ``tl.atomic_add``: many queries select the same block, and the selection is data
 dependent, so a one-writer-per-block schedule would need an inverted index first. The result is
 therefore **not bitwise deterministic** (fp32 addition order varies between runs); it is exact up
 to fp32 rounding. ``delta = rowsum(dout * out) - dlse`` and ``dsink`` are computed as in
-``bwd.py``.
+``attention_bwd.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .bwd import sink_grad, softmax_delta
-from .config import MIN_BLOCK, check_dtype, config_for, dot_in_fp32, dot_precision, head_block, next_pow2, reference_impl
-from .sparse import LOG2E, _block_is_new, check_block_size
+from .attention_bwd import sink_grad, softmax_delta
+from .config import MIN_BLOCK, check_dtype, dot_in_fp32, dot_precision, head_block, launch, next_pow2
+from .sparse_attention import LOG2E, _block_is_new, check_block_size
 
 
 @triton.heuristics({"DOT_F32": lambda a: dot_in_fp32(a["Q"].dtype)})
@@ -103,10 +103,8 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
 
         dq, dk, dv, dsink = sparse_attention_bwd(dout, dlse, q, k, v, idx, None, out, lse, 64, scale)
 
-    Blocks smaller than ``MIN_BLOCK`` (16) run the reference path.
+    Blocks smaller than ``MIN_BLOCK`` (16) are not accepted: dispatch runs them elsewhere.
     """
-    if block_size < MIN_BLOCK:
-        return reference_impl("sparse_attention_bwd")(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale)
     check_dtype("q", q)
     check_block_size(block_size)
     q, k, v, dout = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous()
@@ -117,18 +115,26 @@ def sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_siz
     n_sel = indices.shape[-1]
     group = Hq // Hkv
     delta = softmax_delta(dout, out, dlse).contiguous()
-    cfg = config_for("sparse_attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group})
-    dq = torch.zeros_like(q)
-    dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-    dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-    block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
-    if Sq and B * Hkv:
-        _sparse_bwd_kernel[(triton.cdiv(Sq, block_q), B * Hkv)](
-            q, k, v, dout, lse, delta, indices, dq, dk32, dv32,
-            Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E, scale,
-            DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=max(16, next_pow2(block_q * group)),
-            BLOCK_K=max(16, next_pow2(n_sel)), BLOCK_L=max(16, next_pow2(block_q * n_sel)),
-            BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
-        )
-    dsink = sink_grad(sink, lse, delta) if sink is not None else None
-    return dq, dk32.to(k.dtype), dv32.to(v.dtype), dsink
+
+    def run(cfg):
+        dq = torch.zeros_like(q)
+        dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        block_q = min(max(1, cfg.block_m // next_pow2(group)), next_pow2(Sq))
+        if Sq and B * Hkv:
+            _sparse_bwd_kernel[(triton.cdiv(Sq, block_q), B * Hkv)](
+                q, k, v, dout, lse, delta, indices, dq, dk32, dv32,
+                Sq, Sk, Hq, Hkv, n_sel, scale * LOG2E, scale,
+                DQK=Dqk, DV=Dv, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=max(16, next_pow2(block_q * group)),
+                BLOCK_K=max(16, next_pow2(n_sel)), BLOCK_L=max(16, next_pow2(block_q * n_sel)),
+                BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
+            )
+        dsink = sink_grad(sink, lse, delta) if sink is not None else None
+        return dq, dk32.to(k.dtype), dv32.to(v.dtype), dsink
+
+    return launch("sparse_attention_bwd", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Sk, "group": group}, run)
+
+
+def accepts_sparse_attention_bwd(dout, dlse, q, k, v, indices, sink, out, lse, block_size, scale) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys."""
+    return block_size >= MIN_BLOCK

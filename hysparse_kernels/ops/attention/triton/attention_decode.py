@@ -1,6 +1,6 @@
 """Triton decode (``Sq = 1``) and speculative verification (``Sq = 1 + draft``) over padded KV
 caches with per-sequence lengths: split-KV flash-decoding for full and sliding-window attention
-with a sink. (Sparse decode gathers only ``k`` blocks and lives in ``sparse.py``.)
+with a sink. (Sparse decode gathers only ``k`` blocks and lives in ``sparse_attention.py``.)
 
 Kernel chain: ``_decode_split_kernel`` + ``_decode_combine_kernel`` -> ``attention_decode``.
 
@@ -19,9 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import check_dtype, config_for, dot_in_fp32, dot_precision, head_block, interpreted, next_pow2
-from .tuned_configs import guarded
-from .fwd import LOG2E, _fwd_tiles
+from .config import check_dtype, dot_in_fp32, dot_precision, head_block, interpreted, launch, next_pow2
+from .attention import LOG2E, _fwd_tiles
 
 
 @triton.heuristics({"DOT_F32": lambda a: dot_in_fp32(a["Q"].dtype)})
@@ -115,8 +114,8 @@ def num_splits(batch_kv_heads: int, smax: int, block_n: int) -> int:
 
 
 def attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
-    """Decode attention (see ``_attention_decode``); a failing tuned config falls back (``guarded``)."""
-    return guarded(lambda: _attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale))
+    """Decode attention (see ``_attention_decode``); a failing tuned config falls back (``config.launch``)."""
+    return _attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale)
 
 
 def _attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
@@ -134,25 +133,28 @@ def _attention_decode(q, k_cache, v_cache, cache_seqlens, sink, window, scale):
     B, Hq, Sq, Dqk = q.shape
     Hkv, Smax, Dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
     group = Hq // Hkv
-    cfg = config_for("decode", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Smax, "group": group})
-    block_m = max(cfg.block_m, next_pow2(group * Sq))
-    splits = num_splits(B * Hkv, Smax, cfg.block_n)
-    chunk = triton.cdiv(triton.cdiv(Smax, splits), cfg.block_n) * cfg.block_n
-    seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
-    o_part = torch.empty(B, Hq, Sq, splits, Dv, dtype=torch.float32, device=q.device)
-    lse_part = torch.empty(B, Hq, Sq, splits, dtype=torch.float32, device=q.device)
-    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
-    if B * Hq * Sq == 0:
+
+    def run(cfg):
+        block_m = max(cfg.block_m, next_pow2(group * Sq))
+        splits = num_splits(B * Hkv, Smax, cfg.block_n)
+        chunk = triton.cdiv(triton.cdiv(Smax, splits), cfg.block_n) * cfg.block_n
+        seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+        o_part = torch.empty(B, Hq, Sq, splits, Dv, dtype=torch.float32, device=q.device)
+        lse_part = torch.empty(B, Hq, Sq, splits, dtype=torch.float32, device=q.device)
+        out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=q.device)
+        if B * Hq * Sq == 0:
+            return out, lse
+        _decode_split_kernel[(splits, B * Hkv)](
+            q, k_cache, v_cache, seqlens, o_part, lse_part,
+            Sq, Smax, Hq, Hkv, window if window is not None else 0, scale * LOG2E, chunk, splits,
+            DQK=Dqk, DV=Dv, HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+            BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
+        )
+        _decode_combine_kernel[(B * Hq * Sq,)](
+            o_part, lse_part, sink.contiguous() if sink is not None else lse, out, lse, Hq, Sq, splits,
+            DV=Dv, HAS_SINK=sink is not None, BLOCK_S=max(2, next_pow2(splits)), BLOCK_DV=head_block(Dv),
+        )
         return out, lse
-    _decode_split_kernel[(splits, B * Hkv)](
-        q, k_cache, v_cache, seqlens, o_part, lse_part,
-        Sq, Smax, Hq, Hkv, window if window is not None else 0, scale * LOG2E, chunk, splits,
-        DQK=Dqk, DV=Dv, HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
-        BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
-    )
-    _decode_combine_kernel[(B * Hq * Sq,)](
-        o_part, lse_part, sink.contiguous() if sink is not None else lse, out, lse, Hq, Sq, splits,
-        DV=Dv, HAS_SINK=sink is not None, BLOCK_S=max(2, next_pow2(splits)), BLOCK_DV=head_block(Dv),
-    )
-    return out, lse
+
+    return launch("decode", {"dqk": Dqk, "dv": Dv, "sq": Sq, "sk": Smax, "group": group}, run)

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .... import tuned
 from ....backends import triton_interpreted
 
 
@@ -174,9 +175,38 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
     return y
 
 
+def heuristic_config(op: str, shape: dict) -> dict:
+    """The tiles ``moe`` runs without a tuned entry, from the cache-named ``shape`` (``tokens``,
+    ``hidden``, ``experts``, ``top_k``, ``intermediate``): rows per block from the mean rows per
+    expert, then the N / K tiles of the gate/up and down GEMMs."""
+    if op != "moe_fwd":
+        raise KeyError(f"op: no triton tuning entry for {op!r}")
+    D, inter = int(shape["hidden"]), int(shape["intermediate"])
+    rows = int(shape["tokens"]) * int(shape["top_k"])
+    return {"block_m": _block_size_m(rows / max(1, int(shape["experts"]))),
+            "gate_up_block_n": _block_n(inter), "gate_up_block_k": _block_k(D),
+            "down_block_n": _block_n(D), "down_block_k": _block_k(inter)}
+
+
 def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor) -> Tensor:
     """The routed expert MLP (see ``api.moe``): gate/up kernel with fused gather and SiLU-and-mul,
-    down kernel with the weighted un-permute in its epilogue, then a [T, k, D] sum."""
+    down kernel with the weighted un-permute in its epilogue, then a [T, k, D] sum. Tiles: the
+    tuned config of this shape on the GPU (``tuned.launch``: fallback and blacklist as for the
+    other kernels), else ``heuristic_config``; under the interpreter the heuristic."""
+    shape = {"tokens": x.shape[0], "hidden": x.shape[1], "experts": w_gate_up.shape[0], "top_k": expert_ids.shape[1],
+             "intermediate": w_gate_up.shape[1] // 2, "dtype": str(x.dtype).removeprefix("torch.")}
+    heuristic = heuristic_config("moe_fwd", shape)
+    if triton_interpreted():
+        return run_with_config("moe_fwd", heuristic, x, w_gate_up, w_down, weights, expert_ids)
+    return tuned.launch("moe_fwd", backend="triton", device="cuda", shape=shape, heuristic=heuristic,
+                        run=lambda c: run_with_config("moe_fwd", c, x, w_gate_up, w_down, weights, expert_ids))
+
+
+def run_with_config(op: str, cfg: dict, x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor,
+                    expert_ids: Tensor) -> Tensor:
+    """``moe`` on exactly the tiles of ``cfg`` (no lookup, no fallback): the tuner's timing path."""
+    if op != "moe_fwd":
+        raise KeyError(f"op: no triton tuning entry for {op!r}")
     T, D = x.shape
     E, two_i, _ = w_gate_up.shape
     inter = two_i // 2
@@ -187,9 +217,10 @@ def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_id
     order, offsets = _sort_pairs(expert_ids, E)
     M = order.numel()
     rowtok = (order // k).to(torch.int32)
-    bm, (blk_e, blk_s, blk_t) = _blocks_for(offsets, M, E)
+    bm = int(cfg["block_m"])
+    blk_e, blk_s, blk_t = expert_blocks(offsets, bm)
     h = torch.empty(M, inter, dtype=x.dtype, device=x.device)
-    bn, bk = _block_n(inter), _block_k(D)
+    bn, bk = int(cfg["gate_up_block_n"]), int(cfg["gate_up_block_k"])
     _moe_gate_up_kernel[(blk_e.numel(), triton.cdiv(inter, bn))](
         x, rowtok, w_gate_up, h, blk_e, blk_s, blk_t,
         inter, D, x.stride(0), w_gate_up.stride(0), w_gate_up.stride(1), h.stride(0),
@@ -197,7 +228,7 @@ def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_id
     )
     y = torch.empty(M, D, dtype=acc, device=x.device)  # pair order: row token * k + slot
     scale = weights.reshape(-1)[order].to(acc).contiguous()
-    bn, bk = _block_n(D), _block_k(inter)
+    bn, bk = int(cfg["down_block_n"]), int(cfg["down_block_k"])
     _grouped_gemm_kernel[(blk_e.numel(), triton.cdiv(D, bn))](
         h, h, w_down, y, scale, order.to(torch.int32), blk_e, blk_s, blk_t,
         D, inter, h.stride(0), w_down.stride(0), w_down.stride(1), y.stride(0),
