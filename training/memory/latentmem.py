@@ -188,7 +188,10 @@ def run(args, recipe, cfg, *, n_latent: int = N_LATENT) -> dict:
 
     if args.resume:
         raise ValueError("--resume: recipe 'latentmem' does not resume yet; start a fresh --out")
-    embed = load_encoder()
+    try:
+        embed = load_encoder()
+    except ImportError as e:  # one line from the CLI, saying what to install
+        raise ValueError(f"recipe latentmem: {e}") from None
     if args.steps is not None and not any(x.strip().startswith("sft_steps") for x in args.settings):
         # `recipe run --steps N` also sets the warm start's SFT steps for recipes with a `run`
         # (made for `sft`); here --steps counts LMPO steps and the warm start keeps its default.
