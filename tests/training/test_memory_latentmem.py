@@ -265,7 +265,7 @@ def test_latentmem_recipe_end_to_end(tmp_path, monkeypatch):
                  "checkpoints/latest", "checkpoints/step-000002/composer.safetensors", "bank/bank.json"):
         assert (out / name).exists(), name
     report = json.loads((out / "eval.json").read_text())
-    assert set(report["arms"]) == {"none", "text", "latentmem"}
+    assert set(report["arms"]) == {"none", "text", "latentmem", "latent_noexp"}
     assert report["arms"]["latentmem"]["prompt_tokens"] == report["arms"]["none"]["prompt_tokens"] + latentmem.N_LATENT
     assert report["after"] == report["arms"]["latentmem"] and report["before"]["n"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -12,7 +12,9 @@
    with the same bank: ``none`` (the question alone), ``text`` (the retrieved transcript pasted
    before the question) and ``latentmem`` (latent tokens before the question), each sampled
    ``eval_samples`` times at temperature 1 and greedily once. ``latentmem`` is measured with
-   the untrained composer (``before``) and the trained one (``after``).
+   the untrained composer (``before``) and the trained one (``after``). A control arm,
+   ``latent_noexp``, runs the trained composer with no experience in its context: what the
+   latent tokens give without the memory.
 
 Roles: the lookup agent has one role, the ``solver`` that searches and answers; the composer
 reads the role name in its context (``ROLES`` can hold more), but only one role is exercised.
@@ -43,7 +45,7 @@ N_LATENT = 1  # latent tokens; the frozen SFT agent tolerates few extra position
 TOP_K = 1
 BANK_FILL = 256
 ROLES = ("solver",)
-ARMS = ("none", "text", "latentmem")
+ARMS = ("none", "text", "latentmem", "latent_noexp")
 
 
 def transcript(example, rollout, tok: ByteTokenizer) -> str:
@@ -151,8 +153,8 @@ class LatentMemRun:
         cfg = self.cfg
         if arm not in ARMS:
             raise ValueError(f"arm: expected one of {ARMS}, got {arm!r}")
-        exps = [self.experience(e, exclude_self=False) for e in examples]
-        if arm == "none":
+        exps = [[] if arm == "latent_noexp" else self.experience(e, exclude_self=False) for e in examples]
+        if arm == "none":  # latent_noexp: the trained composer given no experience (a control)
             prompts, model = [prompt_ids(e, self.tok) for e in examples], self.agent.agent
         elif arm == "text":
             prompts = [self.tok.encode("".join(x) + e.prompt, bos=True) for e, x in zip(examples, exps)]

@@ -23,7 +23,7 @@ def run(args, recipe, cfg) -> dict:
 RECIPE = register_recipe(Recipe(
     name="latentmem",
     summary="latent memory composed from an experience bank for a frozen agent, composer trained by LMPO",
-    overrides=dict(steps=40, prompts_per_step=4, group_size=8, lr=1e-4, warmup=3, minibatches=2, eval_n=100,
+    overrides=dict(steps=60, prompts_per_step=4, group_size=8, lr=1e-4, warmup=3, minibatches=2, eval_n=200,
                    eval_samples=2, checkpoint_every=10),
     quick=dict(steps=20, eval_n=100, eval_samples=2, checkpoint_every=10),
     tasks=("lookup",),
