@@ -1,11 +1,12 @@
 """LatentMem: a frozen agent reads latent memory composed from retrieved experience.
 
-    m = W · h_L(C_φ; [role, experience, task, q_1..q_P])[q positions]      (P latent tokens)
+    m = W · h_L(C_θ; [role, experience, task, q_1..q_P])[q positions]      (P latent tokens)
     π(o | m, x) = π_agent(o | [m; x])                                     (agent frozen)
-    L(φ) = mean_i mean_t max(-A_i ρ_{i,t}, -A_i clip(ρ_{i,t}, 1-ε, 1+ε)),  A_i = (r_i - mean) / (std + ε)
+    L(θ) = mean_i mean_t max(-A_i ρ_{i,t}, -A_i clip(ρ_{i,t}, 1-ε, 1+ε)),  A_i = (r_i - mean) / (std + ε)
 
 Departure from GRPO: the policy's weights do not move; the group-relative clipped-ratio loss on
-the agent's tokens trains only the memory composer ``φ`` through the latent tokens (LMPO).
+the agent's tokens trains only the memory composer's parameters ``θ`` (backbone copy, queries ``q``, projection
+``W``) through the latent tokens (LMPO).
 Implementation in ``training.memory`` (experience bank, composer, LMPO, baselines).
 """
 
