@@ -59,7 +59,7 @@ def test_run_options_are_frozen():
     run = sub.choices["run"]
     assert sorted(a.dest for a in run._actions) == sorted(
         ["help", "name", "out", "quick", "steps", "seed", "task", "model", "init_from", "eval_n", "num_draft", "threads",
-         "resume", "no_progress", "nproc"])
+         "resume", "no_progress", "nproc", "settings"])
     assert sorted(sub.choices) == ["list", "run"]
 
 
