@@ -50,9 +50,10 @@ class Decoder(nn.Module):
             # checkpoints store them elsewhere (MiMo-7B: ``model.mtp_layers.{k}``).
             self.mtp = MTPStack(graph.mtp, graph.hidden, graph.num_layers, eps)
 
-    def forward(self, input_ids: Tensor, step: Step) -> Tensor:
-        """Last hidden states ``[B, S, D]`` before the final norm (what the MTP blocks read)."""
-        x = self.embed_tokens(input_ids)
+    def forward(self, input_ids: Tensor | None, step: Step, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Last hidden states ``[B, S, D]`` before the final norm (what the MTP blocks read).
+        ``inputs_embeds`` ``[B, S, D]``: input vectors used instead of embedding ``input_ids``."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         for layer in self.layers:
             x = layer(x, step)
         return x
@@ -76,17 +77,30 @@ class CausalLMBody:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(_init)
 
-    def hidden_states(self, input_ids: Tensor, cache=None) -> Tensor:
-        """Last hidden states ``[B, S, D]`` before the final norm."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected [B, S], got shape {tuple(input_ids.shape)}")
-        B, S = input_ids.shape
+    def hidden_states(self, input_ids: Tensor | None, cache=None, *, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Last hidden states ``[B, S, D]`` before the final norm.
+
+        ``inputs_embeds`` ``[B, S, D]`` (with ``input_ids=None``): vectors fed in place of the
+        token embeddings, e.g. ``model.embed_tokens(ids)`` with soft tokens (latent memory,
+        learned queries) spliced in; they get positions like tokens and enter the cache alike."""
+        if inputs_embeds is not None:
+            if input_ids is not None:
+                raise ValueError("inputs_embeds: expected input_ids=None when inputs_embeds is given")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.graph.hidden:
+                raise ValueError(f"inputs_embeds: expected [B, S, {self.graph.hidden}], got shape {tuple(inputs_embeds.shape)}")
+            B, S = inputs_embeds.shape[:2]
+            device = inputs_embeds.device
+        else:
+            if input_ids is None or input_ids.dim() != 2:
+                raise ValueError(f"input_ids: expected [B, S], got {None if input_ids is None else tuple(input_ids.shape)}")
+            B, S = input_ids.shape
+            device = input_ids.device
         if cache is None:
-            positions = torch.arange(S, device=input_ids.device).expand(B, S)
+            positions = torch.arange(S, device=device).expand(B, S)
         else:
             start = next(iter(cache.lens.values())).long()[:, None]
-            positions = start + torch.arange(S, device=input_ids.device)
-        return self.model(input_ids, Step(positions=positions, cache=cache))
+            positions = start + torch.arange(S, device=device)
+        return self.model(input_ids, Step(positions=positions, cache=cache), inputs_embeds)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """``[..., D]`` last hidden states -> ``[..., vocab]`` logits (final norm, LM head)."""
