@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import os
 import shutil
 import time
 import warnings
@@ -22,6 +20,7 @@ import torch
 from hysparse_kernels import dispatch, ir, tuned
 from hysparse_kernels.models import generate, load_pretrained
 from hysparse_kernels.models.speculative import speculative_generate
+from .artifacts import artifact_dir
 from .data import ByteTokenizer, make_corpus, unigram_entropy
 from .pretrain import PretrainConfig, train
 
@@ -31,9 +30,8 @@ PROMPTS = ["run c: c d e", "count 41: 41 42", "the quick"]
 
 
 def cache_dir(cfg: PretrainConfig) -> Path:
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("HYSPARSE_CACHE", Path.home() / ".cache" / "hysparse-kernels"))
-    return root / "demo" / key
+    """Where the demo checkpoint of ``cfg`` is cached (keyed by the settings and the code)."""
+    return artifact_dir("demo", cfg)
 
 
 def main(argv=None) -> int:

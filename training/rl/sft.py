@@ -17,10 +17,7 @@ The run directory has the files of every recipe run (``runs``): ``config.json``,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ import torch.nn.functional as F
 from hysparse_kernels.models import save_pretrained
 from hysparse_kernels.models.mtp import mtp_logits
 from .. import checkpoint
+from ..artifacts import artifact_dir
 from ..data import ByteTokenizer
 from . import runs
 from .evaluate import evaluate
@@ -185,15 +183,11 @@ def train_sft(cfg: SFTConfig, out, *, resume: bool = False, progress: bool = Tru
     return {"steps": last.get("step", start - 1) + 1, "final": last, "seconds": time.perf_counter() - t0, "model": str(out / "final")}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("HYSPARSE_CACHE", Path.home() / ".cache" / "hysparse-kernels")) / "rl-sft"
-
-
 def cached_sft(cfg: SFTConfig, *, progress: bool = True) -> Path:
     """The ``final/`` directory of an SFT run with settings ``cfg``, trained on first use and kept
-    under ``$HYSPARSE_CACHE/rl-sft/<hash of the settings>`` (an interrupted training resumes)."""
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    out = cache_root() / f"{cfg.task}-{cfg.model}-{key}"
+    under ``$HYSPARSE_CACHE/rl-sft/<task>-<model>-<hash of the settings and the code>`` (an
+    interrupted training resumes; see ``training.artifacts``)."""
+    out = artifact_dir("rl-sft", cfg, prefix=f"{cfg.task}-{cfg.model}-")
     if not (out / "final" / "config.json").exists():
         train_sft(cfg, out, resume=True, progress=progress)
     return out / "final"

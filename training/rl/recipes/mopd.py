@@ -31,9 +31,6 @@ the same questions and settings (``eval``), its success on its own domain (``suc
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -137,14 +134,11 @@ def teacher_config(cfg, domain: str, init: str):
 def ensure_teacher(cfg, domain: str, init: str, progress: bool = True) -> Path:
     """The ``final/`` of the cached teacher of ``domain`` (trained first when missing; an
     interrupted training resumes)."""
-    import os
-
+    from ...artifacts import artifact_dir
     from ..trainer import train_rl
 
     tcfg = teacher_config(cfg, domain, init)
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(tcfg), sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("HYSPARSE_CACHE", Path.home() / ".cache" / "hysparse-kernels")) / "rl-teachers"
-    out = root / f"{domain}-{cfg.model}-{key}"
+    out = artifact_dir("rl-teachers", tcfg, prefix=f"{domain}-{cfg.model}-")
     if not (out / "final" / "config.json").exists():
         train_rl(tcfg, out, init=str(init), resume=(out / "config.json").exists(), progress=progress,
                  recipe_name="grpo")
