@@ -133,3 +133,17 @@ def test_quick_grpo_end_to_end(tmp_path):
     assert report["before"]["success"] > 0.05  # the SFT warm start succeeds sometimes
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == json.loads((out / "config.json").read_text())["steps"]
+
+
+def test_steps_set_sft_steps_only_for_the_sft_recipe():
+    """`--steps` counts the recipe's own steps; only `sft` trains the warm start with them (a
+    `mopd --steps 90` once built a 90-step SFT warm start)."""
+    from hysparse_kernels.training.rl.recipes import get_recipe
+
+    parser = argparse.ArgumentParser()
+    recipe_cli.add_arguments(parser)
+    for name in ("mopd", "faithrl", "latentmem", "grpo"):
+        cfg = recipe_cli.build_config(get_recipe(name), parser.parse_args(["run", name, "--out", "x", "--steps", "7"]))
+        assert cfg.steps == 7 and cfg.sft_steps != 7, name
+    cfg = recipe_cli.build_config(get_recipe("sft"), parser.parse_args(["run", "sft", "--out", "x", "--steps", "7"]))
+    assert cfg.sft_steps == 7

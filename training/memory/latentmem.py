@@ -26,7 +26,6 @@ grad_norm, bank size, seconds), ``curves.png``, ``checkpoints/`` (composer and o
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -186,7 +185,7 @@ class LatentMemRun:
 
 def run(args, recipe, cfg, *, n_latent: int = N_LATENT) -> dict:
     """The recipe's ``run``: see the module docstring. Returns a summary."""
-    from ..rl.trainer import RLConfig, resolve_init
+    from ..rl.trainer import resolve_init
 
     if args.resume:
         raise ValueError("--resume: recipe 'latentmem' does not resume yet; start a fresh --out")
@@ -194,10 +193,6 @@ def run(args, recipe, cfg, *, n_latent: int = N_LATENT) -> dict:
         embed = load_encoder()
     except ImportError as e:  # one line from the CLI, saying what to install
         raise ValueError(f"recipe latentmem: {e}") from None
-    if args.steps is not None and not any(x.strip().startswith("sft_steps") for x in args.settings):
-        # `recipe run --steps N` also sets the warm start's SFT steps for recipes with a `run`
-        # (made for `sft`); here --steps counts LMPO steps and the warm start keeps its default.
-        cfg = dataclasses.replace(cfg, sft_steps=RLConfig.sft_steps)
     out = Path(args.out)
     init = resolve_init(cfg, progress=not args.no_progress)
     config = {**dataclasses.asdict(cfg), "init": str(init), "n_latent": n_latent, "top_k": TOP_K,

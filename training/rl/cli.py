@@ -101,7 +101,7 @@ def build_config(recipe, args):
                       ("num_draft", "num_draft"), ("eval_n", "eval_n")):
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
-    if args.steps is not None and recipe.run is not None:
+    if args.steps is not None and recipe.name == "sft":  # the sft recipe's steps are the SFT steps
         values["sft_steps"] = args.steps
     values.update(parse_settings(getattr(args, "settings", [])))
     known = {f.name for f in dataclasses.fields(RLConfig)}
