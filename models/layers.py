@@ -225,7 +225,12 @@ def _attend(q, k, v, lens, *, window, sink):
 def _attend_and_select(q, k, v, lens, block_size, topks):
     """Full attention with block scores (once), then the top-k of each ``k`` in ``topks``:
     ``(o, {k: indices})``. With a cache (``lens``: per-sequence lengths ``[B]``), each sequence
-    is scored over its own valid keys of the padded cache, the whole batch in one call."""
+    is scored over its own valid keys of the padded cache, the whole batch in one call. Equal
+    lengths (prefill into one row, a batch in step) slice the cache instead: one key count
+    keeps the TVM / Triton block-score kernels, which take no per-sequence lengths."""
+    if lens is not None and lens.numel() and bool((lens == lens[0]).all()):
+        n = int(lens[0])
+        k, v, lens = k[:, :, :n], v[:, :, :n], None
     o, _, scores = hk.attention_with_block_scores(q, k, v, block_size=block_size, cache_seqlens=lens)
     return o, {t: hk.topk_blocks(scores, t, block_size=block_size, seqlen_k=k.shape[2], cache_seqlens=lens)
                for t in topks}
