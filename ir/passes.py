@@ -82,8 +82,14 @@ class KVOwner:
 def assign_kv_owners(graph: ModelGraph) -> tuple[KVOwner, ...]:
     """One KVOwner per layer (validates first). Sparse layers own only their SWA-branch cache."""
     validate(graph)
+    return kv_owners(graph.layers)
+
+
+def kv_owners(layers) -> tuple[KVOwner, ...]:
+    """The ownership rule of ``assign_kv_owners`` over a sequence of ``LayerSpec`` (no validation):
+    the layers of a validated graph, or stacks outside one (the MTP blocks' layers)."""
     out, last_full = [], None
-    for layer in graph.layers:
+    for layer in layers:
         pat = layer.pattern
         if isinstance(pat, Full):
             last_full = layer.index

@@ -1,6 +1,6 @@
-"""KV cache allocated from the model graph: full layers own a full-length cache, sliding-window
-layers (and the SWA branch of sparse layers) a ring buffer of ``window`` tokens, and the sparse
-branch owns nothing: it reads its full layer's cache.
+"""KV cache allocated from the IR's KV owners (``ir.assign_kv_owners``): full layers own a
+full-length cache, sliding-window layers (and the SWA branch of sparse layers) a ring buffer of
+``window`` tokens, and the sparse branch owns nothing: it reads its full layer's cache.
 
 Layout per layer: k ``[B, Hkv, capacity, Dqk]``, v ``[B, Hkv, capacity, Dv]``, and ``lens [B]``
 tokens written so far. ``append`` stores new keys and returns what attention reads: the full
@@ -13,19 +13,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hysparse_kernels.ir import Full, ModelGraph, OracleSparse, SlidingWindow
+from hysparse_kernels import ir
+from hysparse_kernels.ir import ModelGraph
 
 
 class KVCache:
     def __init__(self, graph: ModelGraph, batch: int, max_len: int, *, dtype=torch.float32, device="cpu", spare: int = 0,
                  growable: bool = False):
-        """``spare``: extra ring slots so that up to ``spare + 1`` tokens can be appended and
+        """The caches ``ir.assign_kv_owners(graph)`` says the layers own.
+
+        ``spare``: extra ring slots so that up to ``spare + 1`` tokens can be appended and
         rolled back without overwriting keys the window still needs (speculative decoding).
 
         ``growable``: the full-length caches double their capacity when an append would pass
         ``max_len`` (for callers that do not know the final length, e.g. ``transformers``'
         ``generate``); rings then always hold a whole window. Views from ``select`` never grow.
         """
+        self._allocate(graph.layers, ir.assign_kv_owners(graph), batch, max_len, dtype, device, spare, growable)
+
+    @classmethod
+    def for_layers(cls, layers, batch: int, max_len: int, *, dtype=torch.float32, device="cpu", spare: int = 0,
+                   growable: bool = False) -> "KVCache":
+        """A cache for ``LayerSpec``s outside a model graph (the MTP blocks' layers, indexed after
+        the main stack), owned by the same rule (``ir.kv_owners``); arguments as ``KVCache``."""
+        cache = object.__new__(cls)
+        cache._allocate(layers, ir.kv_owners(layers), batch, max_len, dtype, device, spare, growable)
+        return cache
+
+    def _allocate(self, layers, owners, batch, max_len, dtype, device, spare, growable) -> None:
         if spare < 0:
             raise ValueError(f"spare: expected a non-negative int, got {spare}")
         self.batch, self.max_len, self.growable = batch, max_len, growable
@@ -33,15 +48,15 @@ class KVCache:
         self.v: dict[int, Tensor] = {}
         self.window: dict[int, int | None] = {}
         self.lens = {}
-        for layer in graph.layers:
-            p = layer.pattern
-            if isinstance(p, Full):
+        spec = {layer.index: layer for layer in layers}
+        for own in owners:
+            if own.owns == "full":
                 cap, window = max_len, None
-            elif isinstance(p, SlidingWindow) or (isinstance(p, OracleSparse) and p.window is not None):
-                cap, window = p.window + spare if growable else min(p.window + spare, max_len), p.window
+            elif own.owns == "window":
+                cap, window = own.window + spare if growable else min(own.window + spare, max_len), own.window
             else:
                 continue  # sparse branch without SWA: nothing of its own
-            i = layer.index
+            i, layer = own.layer, spec[own.layer]
             self.k[i] = torch.zeros(batch, layer.kv_heads, cap, layer.qk_dim, dtype=dtype, device=device)
             self.v[i] = torch.zeros(batch, layer.kv_heads, cap, layer.v_dim, dtype=dtype, device=device)
             self.window[i] = window

@@ -224,19 +224,16 @@ def _attend(q, k, v, lens, *, window, sink):
 
 def _attend_and_select(q, k, v, lens, block_size, topks):
     """Full attention with block scores (once), then the top-k of each ``k`` in ``topks``:
-    ``(o, {k: indices})``. With a cache (per-sequence lengths), each sequence is scored over its
-    own valid keys."""
-    if lens is None:
-        o, _, scores = hk.attention_with_block_scores(q, k, v, block_size=block_size)
-        return o, {t: hk.topk_blocks(scores, t, block_size=block_size, seqlen_k=k.shape[2]) for t in topks}
-    outs, idxs = [], {t: [] for t in topks}
-    for b in range(q.shape[0]):  # each sequence has its own length; the selection op takes one seqlen_k
-        L = int(lens[b])
-        o, _, scores = hk.attention_with_block_scores(q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L], block_size=block_size)
-        outs.append(o)
-        for t in topks:
-            idxs[t].append(hk.topk_blocks(scores, t, block_size=block_size, seqlen_k=L))
-    return torch.cat(outs), {t: torch.cat(found) for t, found in idxs.items()}
+    ``(o, {k: indices})``. With a cache (``lens``: per-sequence lengths ``[B]``), each sequence
+    is scored over its own valid keys of the padded cache, the whole batch in one call. Equal
+    lengths (prefill into one row, a batch in step) slice the cache instead: one key count
+    keeps the TVM / Triton block-score kernels, which take no per-sequence lengths."""
+    if lens is not None and lens.numel() and bool((lens == lens[0]).all()):
+        n = int(lens[0])
+        k, v, lens = k[:, :, :n], v[:, :, :n], None
+    o, _, scores = hk.attention_with_block_scores(q, k, v, block_size=block_size, cache_seqlens=lens)
+    return o, {t: hk.topk_blocks(scores, t, block_size=block_size, seqlen_k=k.shape[2], cache_seqlens=lens)
+               for t in topks}
 
 
 def _attend_sparse(q, k, v, lens, indices, block_size, sink):

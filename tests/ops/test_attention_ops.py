@@ -70,6 +70,8 @@ def _opcheck_cases():
         "attention_bwd": (ops.attention_bwd, (dout, dlse, qd, kd, vd, None, out, lse, True, None, 0.3, "reference")),
         "attention_block_scores": (ops.attention_block_scores, (q, k, v, 4, True, 0.3, "reference")),
         "topk_blocks": (ops.topk_blocks, (scores, 2, 4, 9, "reference")),
+        "attention_block_scores-seqlens": (ops.attention_block_scores, (qd, kd, vd, 4, True, 0.3, "reference", lens)),
+        "topk_blocks-seqlens": (ops.topk_blocks, (scores, 2, 4, 9, "reference", lens)),
         "sparse_attention_fwd": (ops.sparse_attention_fwd, (q, k, v, idx, 4, sink, 0.3, "reference")),
         "sparse_attention_bwd": (ops.sparse_attention_bwd, (dout, dlse, qd, kd, vd, idx, None, out, lse, 4, 0.3, "reference")),
         "attention_decode": (ops.attention_decode, (qd[:, :, :2], kd, vd, lens, sink.detach(), 3, 0.3, "reference")),

@@ -25,8 +25,6 @@ attention never lets a real position see a pad; the padded keys are rolled back)
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from torch import Tensor
 
@@ -96,8 +94,7 @@ class Drafter:
         self.layer0 = model.graph.num_layers
         specs = [mtp_layer_spec(stack.spec, self.layer0 + k) for k in range(num_draft)]
         # the spare slots let a ring take a round's padded positions and roll them back
-        self.cache = KVCache(SimpleNamespace(layers=specs), batch, capacity, dtype=dtype, device=device,
-                             spare=capacity)
+        self.cache = KVCache.for_layers(specs, batch, capacity, dtype=dtype, device=device, spare=capacity)
         D = model.graph.hidden
         self.buf = [torch.zeros(batch, capacity, D, dtype=dtype, device=device) for _ in range(num_draft + 1)]
         self.tok = torch.zeros(batch, capacity + num_draft + 1, dtype=torch.long, device=device)

@@ -98,12 +98,29 @@ def attention(q, k, v, *, causal=True, window=None, sink=None, scale=None, retur
     return (out, lse) if return_lse else out
 
 
-def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=None, backend=None):
+def _check_lengths(cache_seqlens, batch: int, like) -> None:
+    """Optional per-sequence key counts of a padded cache (values in ``[0, Sk]``: run time)."""
+    if cache_seqlens is None:
+        return
+    checks.tensor("cache_seqlens", cache_seqlens, 1, "[B]")
+    checks.integer("cache_seqlens", cache_seqlens)
+    checks.same_device("cache_seqlens", cache_seqlens, like[0], like[1])
+    checks.dim_equal("cache_seqlens", cache_seqlens.shape[0], batch, "one length per sequence, B")
+
+
+def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=None, cache_seqlens=None, backend=None):
     """Attention that also emits HySparse block scores (the oracle of the sparse layers after it).
 
     ``block_scores[b, g, i, n]`` is the max over the query heads of KV group ``g`` of the largest
     softmax probability query ``i`` gives a key of block ``n`` (keys ``n*block_size`` to
     ``(n+1)*block_size - 1``); 0 for blocks the query cannot see.
+
+    Args:
+        cache_seqlens: optional int32/int64 ``[B]``, each in ``[0, Sk]``: k and v are a padded
+            cache whose first ``cache_seqlens[b]`` keys belong to sequence ``b``; keys past them
+            are masked and query ``i`` sits at ``cache_seqlens[b] - Sq + i``. Inference only
+            (no gradient); Triton and TVM take one key count per batch, so dispatch runs these
+            inputs on the reference.
 
     Returns:
         out ``[B, Hq, Sq, Dv]``, lse ``[B, Hq, Sq]``, block_scores ``[B, Hkv, Sq, ceil(Sk/block_size)]``.
@@ -111,10 +128,13 @@ def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=No
     """
     _check_qkv(q, k, v)
     checks.power_of_two("block_size", block_size)
-    return ops.attention_block_scores(q, k, v, block_size, bool(causal), _scale(scale, q), checks.backend_name(backend))
+    _check_lengths(cache_seqlens, q.shape[0], ("q", q))
+    return ops.attention_block_scores(
+        q, k, v, block_size, bool(causal), _scale(scale, q), checks.backend_name(backend), cache_seqlens
+    )
 
 
-def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, backend=None) -> Tensor:
+def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, cache_seqlens=None, backend=None) -> Tensor:
     """The ``k`` highest-scoring visible KV blocks per (batch, KV head, query).
 
     Args:
@@ -122,6 +142,9 @@ def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, backend=None) -> Te
         k: blocks to keep per query.
         seqlen_k: keys in the cache; query i sits at ``seqlen_k - Sq + i`` and may select only
             blocks at or before its own.
+        cache_seqlens: optional int32/int64 ``[B]``, each in ``[0, seqlen_k]``: per-sequence key
+            counts of a padded cache of ``seqlen_k`` slots; query i of sequence b then sits at
+            ``cache_seqlens[b] - Sq + i``.
 
     Returns:
         int32 ``[B, Hkv, Sq, k]``: block ids by descending score (ties to the lower id), ``-1``
@@ -134,7 +157,8 @@ def topk_blocks(block_scores, k, *, block_size=64, seqlen_k, backend=None) -> Te
     checks.positive_int("seqlen_k", seqlen_k)
     nblocks = -(-seqlen_k // block_size)
     checks.dim_equal("block_scores", block_scores.shape[3], nblocks, f"ceil(seqlen_k / block_size) blocks")
-    return ops.topk_blocks(block_scores, k, block_size, seqlen_k, checks.backend_name(backend))
+    _check_lengths(cache_seqlens, block_scores.shape[0], ("block_scores", block_scores))
+    return ops.topk_blocks(block_scores, k, block_size, seqlen_k, checks.backend_name(backend), cache_seqlens)
 
 
 def sparse_attention(q, k, v, indices, *, block_size=64, sink=None, scale=None, return_lse=False, backend=None):

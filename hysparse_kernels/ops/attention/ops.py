@@ -9,9 +9,10 @@ Ops (all outputs are new, contiguous tensors; nothing is mutated):
 * ``hysparse::attention_fwd(q, k, v, sink?, causal, window?, scale, backend) -> (out, lse)``
 * ``hysparse::attention_bwd(dout, dlse, q, k, v, sink?, out, lse, causal, window?, scale, backend)
   -> (dq, dk, dv, dsink)``; ``dsink`` is zeros ``[Hq]`` when there is no sink.
-* ``hysparse::attention_block_scores(q, k, v, block_size, causal, scale, backend)
-  -> (out, lse, block_scores)``; differentiable in out and lse, not in the scores.
-* ``hysparse::topk_blocks(block_scores, k, block_size, seqlen_k, backend) -> indices``
+* ``hysparse::attention_block_scores(q, k, v, block_size, causal, scale, backend, cache_seqlens?)
+  -> (out, lse, block_scores)``; differentiable in out and lse (without ``cache_seqlens``), not
+  in the scores.
+* ``hysparse::topk_blocks(block_scores, k, block_size, seqlen_k, backend, cache_seqlens?) -> indices``
 * ``hysparse::sparse_attention_fwd / _bwd``: like attention, over selected KV blocks.
 * ``hysparse::attention_decode(q, k_cache, v_cache, cache_seqlens, sink?, window?, scale, backend)
   -> (out, lse)`` and ``hysparse::sparse_attention_decode(..., indices, block_size, sink?, scale,
@@ -168,18 +169,28 @@ attention_fwd.register_autograd(_attention_backward, setup_context=_attention_se
 # ---------------------------------------------------------------- HySparse oracle: block scores, top-k
 
 
+def check_lengths(cache_seqlens: Tensor | None, sk: int) -> None:
+    """Per-sequence key counts of a padded cache must lie in ``[0, Sk]`` (checked at run time)."""
+    if cache_seqlens is not None and cache_seqlens.numel():
+        lo, hi = (int(x) for x in torch.aminmax(cache_seqlens))
+        if lo < 0 or hi > sk:
+            raise ValueError(f"cache_seqlens: expected lengths in [0, Sk={sk}], got values in [{lo}, {hi}]")
+
+
 @torch.library.custom_op("hysparse::attention_block_scores", mutates_args=())
 def attention_block_scores(
-    q: Tensor, k: Tensor, v: Tensor, block_size: int, causal: bool, scale: float, backend: str
+    q: Tensor, k: Tensor, v: Tensor, block_size: int, causal: bool, scale: float, backend: str,
+    cache_seqlens: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    check_lengths(cache_seqlens, k.shape[2])
     out, lse, scores = dispatch.call(
-        "attention_block_scores", backend, q, q, k, v, block_size, causal, scale
+        "attention_block_scores", backend, q, q, k, v, block_size, causal, scale, cache_seqlens
     )
     return out.contiguous(), lse.contiguous(), scores.contiguous()
 
 
 @attention_block_scores.register_fake
-def _(q, k, v, block_size, causal, scale, backend):
+def _(q, k, v, block_size, causal, scale, backend, cache_seqlens=None):
     B, Hq, Sq, _ = q.shape
     nblocks = -(-k.shape[2] // block_size)
     stat = _stat_dtype(q.dtype)
@@ -191,33 +202,41 @@ def _(q, k, v, block_size, causal, scale, backend):
 
 
 def _block_scores_setup(ctx, inputs, output):
-    q, k, v, block_size, causal, scale, backend = inputs
+    q, k, v, block_size, causal, scale, backend, *rest = inputs
     out, lse, _ = output
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.args = (causal, scale, backend)
+    ctx.ragged = bool(rest) and rest[0] is not None
 
 
 def _block_scores_backward(ctx, dout, dlse, dscores):
     # The scores feed a discrete top-k (the oracle selection): they carry no gradient.
+    if ctx.ragged:
+        raise NotImplementedError(
+            "attention_with_block_scores: no gradient with cache_seqlens (padded caches are for inference)"
+        )
     q, k, v, out, lse = ctx.saved_tensors
     causal, scale, backend = ctx.args
     dq, dk, dv, _ = attention_bwd(
         _grad_or_zeros(dout, out), _grad_or_zeros(dlse, lse), q, k, v, None, out, lse, causal, None, scale, backend
     )
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 attention_block_scores.register_autograd(_block_scores_backward, setup_context=_block_scores_setup)
 
 
 @torch.library.custom_op("hysparse::topk_blocks", mutates_args=())
-def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int, backend: str) -> Tensor:
-    idx = dispatch.call("topk_blocks", backend, block_scores, block_scores, k, block_size, seqlen_k)
+def topk_blocks(
+    block_scores: Tensor, k: int, block_size: int, seqlen_k: int, backend: str, cache_seqlens: Optional[Tensor] = None
+) -> Tensor:
+    check_lengths(cache_seqlens, seqlen_k)
+    idx = dispatch.call("topk_blocks", backend, block_scores, block_scores, k, block_size, seqlen_k, cache_seqlens)
     return idx.contiguous()
 
 
 @topk_blocks.register_fake
-def _(block_scores, k, block_size, seqlen_k, backend):
+def _(block_scores, k, block_size, seqlen_k, backend, cache_seqlens=None):
     B, Hkv, Sq, _ = block_scores.shape
     return block_scores.new_empty(B, Hkv, Sq, k, dtype=torch.int32)
 

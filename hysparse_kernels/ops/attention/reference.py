@@ -151,9 +151,27 @@ def block_scores_from_probs(probs: Tensor, num_kv_heads: int, block_size: int) -
     return padded.view(B, num_kv_heads, Sq, nblocks, block_size).amax(dim=-1)
 
 
-def attention_with_block_scores(q, k, v, block_size, causal, scale, compute_dtype=None):
-    """Attention plus HySparse block scores. Returns ``(out, lse, block_scores)``."""
-    mask = visible_mask(q.shape[2], k.shape[2], causal=causal, window=None, device=q.device)
+def seqlens_mask(cache_seqlens: Tensor, sq: int, sk: int, *, causal: bool) -> Tensor:
+    """``[B, 1, Sq, Sk]`` bool for a padded cache: sequence b holds ``cache_seqlens[b]`` keys, so
+    key j is visible when ``j < cache_seqlens[b]`` and, if causal, ``j <= cache_seqlens[b] - Sq + i``."""
+    j = torch.arange(sk, device=cache_seqlens.device)[None, None, None, :]
+    lens = cache_seqlens.long()[:, None, None, None]
+    mask = j < lens
+    if causal:
+        mask = mask & (j <= decode_positions(cache_seqlens, sq)[:, None, :, None])
+    return mask
+
+
+def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None, compute_dtype=None):
+    """Attention plus HySparse block scores. Returns ``(out, lse, block_scores)``.
+
+    ``cache_seqlens`` (int ``[B]``, optional): sequence b holds its first ``cache_seqlens[b]``
+    keys (a padded cache); its queries sit at ``cache_seqlens[b] - Sq + i``.
+    """
+    if cache_seqlens is None:
+        mask = visible_mask(q.shape[2], k.shape[2], causal=causal, window=None, device=q.device)
+    else:
+        mask = seqlens_mask(cache_seqlens, q.shape[2], k.shape[2], causal=causal)
     out, lse, probs = masked_attention(q, k, v, mask, None, scale, compute_dtype)
     scores = block_scores_from_probs(probs, k.shape[1], block_size).to(stat_dtype(q.dtype))
     return out, lse, scores
@@ -165,19 +183,29 @@ def visible_blocks(sq: int, seqlen_k: int, block_size: int, device=None) -> Tens
     return torch.clamp(torch.div(pos, block_size, rounding_mode="floor") + 1, min=0)
 
 
-def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int) -> Tensor:
+def topk_blocks(block_scores: Tensor, k: int, block_size: int, seqlen_k: int, cache_seqlens: Tensor | None = None) -> Tensor:
     """The ``k`` best visible blocks per (batch, KV head, query): int32 ``[B, Hkv, Sq, k]``.
 
     Ordered by score, ties to the lower block index; ``-1`` pads where fewer than ``k`` blocks
     are visible. A block after the query's own block is never chosen, whatever its score.
+    ``cache_seqlens`` (int ``[B]``, optional) replaces ``seqlen_k`` per sequence: query i of
+    sequence b sits at ``cache_seqlens[b] - Sq + i``.
     """
     B, Hkv, Sq, nblocks = block_scores.shape
-    nvis = visible_blocks(Sq, seqlen_k, block_size, block_scores.device)  # [Sq]
     blk = torch.arange(nblocks, device=block_scores.device)
-    visible = blk[None, :] < nvis[:, None]  # [Sq, nblocks]
-    keyed = block_scores.masked_fill(~visible, float("-inf"))
-    # stable sort on the negated scores: equal scores keep ascending block order
-    order = torch.sort(-keyed, dim=-1, stable=True).indices
+    if cache_seqlens is None:
+        nvis = visible_blocks(Sq, seqlen_k, block_size, block_scores.device)  # [Sq]
+        visible = blk[None, :] < nvis[:, None]  # [Sq, nblocks]
+    else:
+        pos = decode_positions(cache_seqlens.to(block_scores.device), Sq)  # [B, Sq]
+        nvis = torch.clamp(torch.div(pos, block_size, rounding_mode="floor") + 1, min=0)
+        visible = (blk[None, None, :] < nvis[:, :, None])[:, None]  # [B, 1, Sq, nblocks]
+    # stable sort on the negated scores: equal scores keep ascending block order; then a stable
+    # sort by kind puts visible numeric scores first, visible NaN next, blocks out of sight last
+    # (so how many blocks past the query's own the row holds never changes the choice)
+    order = torch.sort(-block_scores, dim=-1, stable=True).indices
+    kind = torch.where(visible, torch.isnan(block_scores).long(), 2)
+    order = torch.gather(order, -1, torch.sort(torch.gather(kind, -1, order), dim=-1, stable=True).indices)
     take = min(k, nblocks)
     chosen = order[..., :take]
     chosen_visible = torch.gather(visible.expand(B, Hkv, Sq, nblocks), -1, chosen)

@@ -252,16 +252,18 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
     return out, lse
 
 
-def attention_with_block_scores(q, k, v, block_size, causal, scale):
+def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None):
     """Triton forward with HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` fp32.
 
     The KV tile is the block; memory beyond the outputs is one fp32 tile maximum per (query head,
     query, block): ``1 / block_size`` of a score matrix, never ``S x S``. Blocks smaller than
-    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) are not accepted: dispatch runs them elsewhere.
+    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) and per-sequence lengths (``cache_seqlens``:
+    the kernel takes one key count for the batch) are not accepted: dispatch runs them elsewhere.
     """
     return _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size)
 
 
-def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale) -> bool:
-    """Blocks of at least ``MIN_BLOCK`` keys (the block is the KV tile of a ``tl.dot``)."""
-    return block_size >= MIN_BLOCK
+def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None) -> bool:
+    """Blocks of at least ``MIN_BLOCK`` keys (the block is the KV tile of a ``tl.dot``), one key
+    count for the whole batch (no ``cache_seqlens``)."""
+    return cache_seqlens is None and block_size >= MIN_BLOCK

@@ -124,9 +124,11 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
         dict(O_PART="fp32", LSE_PART="fp32", SINK="fp32", OUT=dtype, LSE="fp32"),
         dict(DV=128, HAS_SINK=True, BLOCK_S=32, BLOCK_DV=128, num_warps=4)))
     cfg = default_config("topk_blocks", {})
-    specs.append(KernelSpec(
-        "topk_blocks-512", topk._topk_blocks_kernel, dict(SCORES="fp32", IDX="i32"),
-        dict(BLOCK_R=cfg.block_m, BLOCK_B=512, num_warps=cfg.num_warps)))
+    for ragged in (False, True):
+        specs.append(KernelSpec(
+            f"topk_blocks-512{'-ragged' if ragged else ''}", topk._topk_blocks_kernel,
+            dict(SCORES="fp32", IDX="i32", LENS="i32"),
+            dict(BLOCK_R=cfg.block_m, BLOCK_B=512, RAGGED=ragged, num_warps=cfg.num_warps)))
     return specs
 
 

@@ -183,11 +183,12 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
     return out, lse
 
 
-def attention_with_block_scores(q, k, v, block_size, causal, scale):
+def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None):
     """Attention plus HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` (float32).
 
     The KV tile of the kernel is the block, so block sizes from 8 to 1024 run in TVM; dispatch
-    sends other inputs elsewhere (``accepts_attention_with_block_scores``). Returns
+    sends other inputs elsewhere (``accepts_attention_with_block_scores``), per-sequence lengths
+    (``cache_seqlens``) included: the kernel takes one key count for the batch. Returns
     ``(out, lse, block_scores)``.
     """
     group = q.shape[1] // k.shape[1]
@@ -227,9 +228,10 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
 # backend of the auto order (the reference on the CPU). The dtypes are registered separately.
 
 
-def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale) -> bool:
-    """Block sizes 8..1024 (the block is the kernel's KV tile), no empty query or key side."""
-    return 8 <= block_size <= 1024 and q.numel() > 0 and k.shape[2] > 0
+def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None) -> bool:
+    """Block sizes 8..1024 (the block is the kernel's KV tile), no empty query or key side, one
+    key count for the whole batch (no ``cache_seqlens``)."""
+    return cache_seqlens is None and 8 <= block_size <= 1024 and q.numel() > 0 and k.shape[2] > 0
 
 
 def accepts_sparse_attention_fwd(q, k, v, indices, block_size, sink, scale) -> bool:
