@@ -124,6 +124,8 @@ def test_bad_arguments_raise_naming_them():
         make_puzzle("sudoku", 0, size=9)
     with pytest.raises(ValueError, match="px"):
         make_puzzle("jigsaw", 0, size=3, px=32)
+    with pytest.raises(ValueError, match="px"):
+        make_puzzle("sudoku", 0, px=16)
     with pytest.raises(ValueError, match="split"):
         make_split("maze", "dev", 2)
     p = make_puzzle("maze", 0)

@@ -69,8 +69,8 @@ def _check(domain: str, size: int | None, px: int) -> int:
         raise ValueError(f"size: expected {lo}..{hi} for {domain} at px={px} ({what}), got {size}")
     if domain == "jigsaw" and px % size:
         raise ValueError(f"px: expected a multiple of the jigsaw size {size}, got {px}")
-    if domain == "sudoku" and px % 4:
-        raise ValueError(f"px: expected a multiple of 4 for sudoku, got {px}")
+    if domain == "sudoku" and (px % 4 or px < 28):
+        raise ValueError(f"px: expected a multiple of 4, at least 28 (a 5-pixel glyph per cell), for sudoku, got {px}")
     return int(size)
 
 
