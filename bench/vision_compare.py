@@ -1,12 +1,15 @@
-"""DiffThinker vs the text-centric baseline over seeds: runs ``hysparse recipe run diffthinker``
-once per seed (or reads runs already there) and prints the markdown tables of
-``bench/RESULTS_vision.md``.
+"""DiffThinker vs the text-centric baseline over seeds: one ``run_compare`` per seed (the
+function behind ``hysparse recipe run diffthinker``), the seeds in parallel processes, or only
+reading runs already there; prints the markdown tables of ``bench/RESULTS_vision.md``.
 
-    python bench/vision_compare.py --out .cache/vision_compare --seeds 0 1 2 --quick
+    python bench/vision_compare.py --out .cache/vision_compare --seeds 0 1 2             # the recipe's --quick sizes
+    python bench/vision_compare.py --out .cache/vision_small --seeds 0 1 2 --steps 300 --dim 96 --depth 3 --batch 16 --n-test 12
     python bench/vision_compare.py --out .cache/vision_compare --seeds 0 1 2 --report-only
+    python bench/vision_compare.py --out unused --prior      # the most-frequent-answer context
 
 Each run trains both models on the same puzzles and writes ``eval.json`` and PNG grids in
-``OUT/seedS``. Tables: solve rate per setting (mean ± std over seeds) for the DiT (first sample,
+``OUT/seedS``; ``--dim``/``--depth`` size both models alike (the text LM: hidden ``dim``,
+``depth`` layers, MLP ``5 dim``). Tables: solve rate per setting (mean ± std over seeds) for the DiT (first sample,
 and best of N with verifier selection) and the text model (greedy, and best of N sampled);
 the DiT's accuracy against its number of Euler steps.
 """
@@ -16,16 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 
-def run_seed(out: Path, seed: int, quick: bool, extra: list[str]) -> None:
-    cmd = [sys.executable, "-m", "hysparse_kernels.cli", "recipe", "run", "diffthinker", "--out", str(out / f"seed{seed}"),
-           "--seed", str(seed), "--no-progress", *(["--quick"] if quick else []), *extra]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+def run_seed(out: Path, seed: int, args) -> None:
+    import torch
+
+    from hysparse_kernels.training.vision.compare import CompareConfig, run_compare
+
+    torch.set_num_threads(1)
+    heads = 4 if args.dim % 4 == 0 else 2
+    cfg = CompareConfig(steps=args.steps, batch=args.batch, seed=seed, n_test=args.n_test, n_samples=args.n_samples,
+                        n_train=args.n_train,
+                        dit=dict(patch=4, dim=args.dim, depth=args.depth, heads=heads, mlp_ratio=4),
+                        text=dict(patch=4, hidden=args.dim, layers=args.depth, heads=heads, intermediate=5 * args.dim))
+    run_compare(out / f"seed{seed}", cfg, progress=lambda line: print(f"[seed {seed}] {line}", flush=True))
 
 
 def _fmt(values: list[float]) -> str:
@@ -64,18 +73,53 @@ def tables(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def prior_table(n_train: int = 1000, n_test: int = 100) -> str:
+    """Context: what the most frequent training answer solves on the test split, and how many
+    test puzzles also occur in the training split, per setting."""
+    from collections import Counter
+
+    from hysparse_kernels.training.vision.compare import SETTINGS
+    from hysparse_kernels.training.vision.puzzles import make_split, verify_text
+
+    lines = ["| setting | most frequent train answer | solves (test) | test puzzles also in train |", "|---|---|---|---|"]
+    for domain, size in SETTINGS:
+        train, test = make_split(domain, "train", n_train, size), make_split(domain, "test", n_test, size)
+        top = Counter(p.solution_text for p in train).most_common(1)[0][0]
+        rate = sum(verify_text(p, top) for p in test) / len(test)
+        dup = len({p.image.tobytes() for p in test} & {p.image.tobytes() for p in train})
+        lines.append(f"| {domain}-{size} | `{top!r}` | {100 * rate:.0f}% | {dup} / {n_test} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder of the runs (one subfolder per seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--quick", action="store_true", help="the recipe's --quick setting")
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps of each model (the recipe's --quick: 300)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dim", type=int, default=128, help="width of both models")
+    p.add_argument("--depth", type=int, default=4, help="blocks / layers of both models")
+    p.add_argument("--n-train", type=int, default=1000, help="training puzzles per setting")
+    p.add_argument("--n-test", type=int, default=20, help="test puzzles per setting")
+    p.add_argument("--n-samples", type=int, default=4, help="parallel samples per puzzle (best of N)")
     p.add_argument("--report-only", action="store_true", help="only read the runs already in --out")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to the recipe")
+    p.add_argument("--prior", action="store_true", help="only print the most-frequent-answer context table")
     args = p.parse_args(argv)
+    if args.prior:
+        print(prior_table())
+        return 0
     out = Path(args.out)
     if not args.report_only:
-        for seed in args.seeds:
-            run_seed(out, seed, args.quick, [x for item in args.set for x in ("--set", item)])
+        import multiprocessing as mp
+
+        procs = [mp.get_context("spawn").Process(target=run_seed, args=(out, seed, args)) for seed in args.seeds]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+            if proc.exitcode:
+                print(f"a seed's run failed (exit {proc.exitcode})", file=sys.stderr)
+                return 1
     reports = []
     for seed in args.seeds:
         path = out / f"seed{seed}" / "eval.json"

@@ -48,7 +48,7 @@ def train_dit(config: DiTConfig, data: PuzzleSet, *, steps: int, batch: int, lr:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        metrics.append({"step": step, "loss": float(loss), "seconds": time.perf_counter() - start})
+        metrics.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
         if log is not None:
             log(metrics[-1])
     return model, metrics

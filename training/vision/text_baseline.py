@@ -96,7 +96,7 @@ def train_text(model: TextReasoner, data: PuzzleSet, *, steps: int, batch: int, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        metrics.append({"step": step, "loss": float(loss), "seconds": time.perf_counter() - start})
+        metrics.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
         if log is not None:
             log(metrics[-1])
     return metrics

@@ -27,6 +27,10 @@ from . import Recipe, register_recipe
 def run(args, recipe, cfg) -> dict:
     from ...vision.compare import CompareConfig, run_compare
 
+    if args.resume:
+        raise ValueError("--resume: the diffthinker recipe trains from scratch each run and cannot resume")
+    if cfg.init_from is not None or args.model is not None or cfg.num_draft:
+        raise ValueError("--init-from/--model/--num-draft: the diffthinker recipe builds its own models and takes none of them")
     compare = CompareConfig(steps=cfg.steps, batch=cfg.prompts_per_step, lr=cfg.lr, text_lr=cfg.lr, seed=cfg.seed,
                             n_test=cfg.eval_n, n_samples=cfg.eval_samples, temperature=cfg.temperature,
                             n_train=1000)
@@ -41,7 +45,7 @@ RECIPE = register_recipe(Recipe(
     name="diffthinker",
     summary="image-to-image reasoning: a DiT by rectified flow on puzzles vs a zoo-LM text baseline (not RL)",
     overrides=dict(steps=1500, prompts_per_step=32, lr=1e-3, eval_n=100, eval_samples=4),
-    quick=dict(steps=400, eval_n=20, eval_samples=4),
+    quick=dict(steps=300, eval_n=20, eval_samples=4),
     tasks=("puzzles",),
     run=run,
     module=__name__,

@@ -106,14 +106,14 @@ def render_grid(rows, path, *, scale: int = 4, labels=None) -> Path:
     rows = [[to_uint8(getattr(im, "image", im)) for im in row] for row in rows]
     h = max(im.shape[0] for row in rows for im in row) * scale
     w = max(im.shape[1] for row in rows for im in row) * scale
-    gap, left = 2, (84 if labels else 0)
+    gap, left = 2, (6 * max(len(str(x)) for x in labels) + 8 if labels else 0)
     ncol = max(len(row) for row in rows)
     sheet = Image.new("RGB", (left + ncol * (w + gap) + gap, len(rows) * (h + gap) + gap), (128, 128, 128))
     draw = ImageDraw.Draw(sheet)
     for i, row in enumerate(rows):
         y = gap + i * (h + gap)
         if labels:
-            draw.text((2, y + h // 2 - 5), str(labels[i])[:13], fill=(255, 255, 255))
+            draw.text((2, y + h // 2 - 5), str(labels[i]), fill=(255, 255, 255))
         for j, im in enumerate(row):
             tile = Image.fromarray(im).resize((im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST)
             sheet.paste(tile, (left + gap + j * (w + gap), y))
