@@ -2,8 +2,8 @@
 function behind ``hysparse recipe run diffthinker``), the seeds in parallel processes, or only
 reading runs already there; prints the markdown tables of ``bench/RESULTS_vision.md``.
 
-    python bench/vision_compare.py --out .cache/vision_compare --seeds 0 1 2             # the recipe's --quick sizes
-    python bench/vision_compare.py --out .cache/vision_small --seeds 0 1 2 --steps 300 --dim 96 --depth 3 --batch 16 --n-test 12
+    python bench/vision_compare.py --out .cache/vision_small --seeds 0 1 2       # = the recipe's --quick, 3 seeds
+    python bench/vision_compare.py --out .cache/vision_long --seeds 0 1 2 --steps 900
     python bench/vision_compare.py --out .cache/vision_compare --seeds 0 1 2 --report-only
     python bench/vision_compare.py --out unused --prior      # the most-frequent-answer context
 
@@ -96,11 +96,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder of the runs (one subfolder per seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300, help="optimiser steps of each model (the recipe's --quick: 300)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--dim", type=int, default=128, help="width of both models")
-    p.add_argument("--depth", type=int, default=4, help="blocks / layers of both models")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--dim", type=int, default=96, help="width of both models")
+    p.add_argument("--depth", type=int, default=3, help="blocks / layers of both models")
     p.add_argument("--n-train", type=int, default=1000, help="training puzzles per setting")
-    p.add_argument("--n-test", type=int, default=20, help="test puzzles per setting")
+    p.add_argument("--n-test", type=int, default=12, help="test puzzles per setting")
     p.add_argument("--n-samples", type=int, default=4, help="parallel samples per puzzle (best of N)")
     p.add_argument("--report-only", action="store_true", help="only read the runs already in --out")
     p.add_argument("--prior", action="store_true", help="only print the most-frequent-answer context table")

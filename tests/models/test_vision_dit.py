@@ -4,8 +4,18 @@ loss and Euler sampling."""
 import pytest
 import torch
 
+import hysparse_kernels as hk
+
 from hysparse_kernels.models.vision import DiT, DiTConfig, euler_sample, flow_matching_loss, patchify, unpatchify
 from hysparse_kernels.models.vision.dit import sincos_2d
+
+@pytest.fixture(autouse=True)
+def _reference_attention():
+    """The models' attention through the op's reference backend: these tests check the models
+    and the loop, the kernels have their own tests (and TVM would compile each new shape)."""
+    with hk.use_backend("reference"):
+        yield
+
 
 SMALL = DiTConfig(px=16, patch=4, dim=32, depth=2, heads=2, mlp_ratio=2)
 

@@ -51,8 +51,8 @@ class CompareConfig:
     n_samples: int = 4
     edit: bool = True
     temperature: float = 1.0
-    dit: dict = field(default_factory=lambda: dict(patch=4, dim=128, depth=4, heads=4, mlp_ratio=4))
-    text: dict = field(default_factory=lambda: dict(patch=4, hidden=128, layers=4, heads=4, intermediate=640))
+    dit: dict = field(default_factory=lambda: dict(patch=4, dim=96, depth=3, heads=4, mlp_ratio=4))
+    text: dict = field(default_factory=lambda: dict(patch=4, hidden=96, layers=3, heads=4, intermediate=480))
 
     def validate(self) -> None:
         for name in ("n_train", "n_test", "steps", "batch", "n_samples"):

@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
+import hysparse_kernels as hk
+
 from hysparse_kernels.training.vision.compare import CompareConfig, run_compare
 from hysparse_kernels.training.vision.data import build_set, to_images, to_tensor
 from hysparse_kernels.training.vision.text_baseline import BOS, EOS, TextReasoner, batch_ids, decode, encode
+
+@pytest.fixture(autouse=True)
+def _reference_attention():
+    """The models' attention through the op's reference backend: these tests check the models
+    and the loop, the kernels have their own tests (and TVM would compile each new shape)."""
+    with hk.use_backend("reference"):
+        yield
+
 
 TINY = dict(settings=(("maze", 2), ("jigsaw", 2)), px=16, n_train=6, n_test=3, steps=2, batch=4,
             sampling_steps=(1, 2), n_samples=2,

@@ -45,7 +45,7 @@ RECIPE = register_recipe(Recipe(
     name="diffthinker",
     summary="image-to-image reasoning: a DiT by rectified flow on puzzles vs a zoo-LM text baseline (not RL)",
     overrides=dict(steps=1500, prompts_per_step=32, lr=1e-3, eval_n=100, eval_samples=4),
-    quick=dict(steps=300, eval_n=20, eval_samples=4),
+    quick=dict(steps=300, prompts_per_step=16, eval_n=12, eval_samples=4),
     tasks=("puzzles",),
     run=run,
     module=__name__,
