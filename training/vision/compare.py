@@ -81,25 +81,24 @@ def run_compare(out, cfg: CompareConfig, progress=None) -> dict:
     train = build_set(list(cfg.settings), "train", cfg.n_train, cfg.px)
     test = build_set(list(cfg.settings), "test", cfg.n_test, cfg.px)
     say(f"data: {len(train.keys)} train / {len(test.keys)} test puzzles ({time.perf_counter() - t0:.0f}s)")
-    log = open(out / "metrics.jsonl", "w")
+    with open(out / "metrics.jsonl", "w") as log:
 
-    def logger(model):
-        def write(row):
-            log.write(json.dumps({"model": model, **row}) + "\n")
-            if row["step"] % 100 == 0:
-                say(f"{model} step {row['step']}: loss {row['loss']:.4f}")
-        return write
+        def logger(model):
+            def write(row):
+                log.write(json.dumps({"model": model, **row}) + "\n")
+                if row["step"] % 100 == 0:
+                    say(f"{model} step {row['step']}: loss {row['loss']:.4f}")
+            return write
 
-    dit_config = DiTConfig(px=cfg.px, **cfg.dit)
-    dit, dit_metrics = train_dit(dit_config, train, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
-                                 edit=cfg.edit, log=logger("dit"))
-    _save(out / "dit.pt", dit, dit_config.to_dict())
-    torch.manual_seed(cfg.seed)
-    text = TextReasoner(px=cfg.px, **cfg.text)
-    text_metrics = train_text(text, train, steps=cfg.steps, batch=cfg.batch, lr=cfg.text_lr, seed=cfg.seed,
-                              log=logger("text"))
-    _save(out / "text.pt", text, text.settings)
-    log.close()
+        dit_config = DiTConfig(px=cfg.px, **cfg.dit)
+        dit, dit_metrics = train_dit(dit_config, train, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
+                                     edit=cfg.edit, log=logger("dit"))
+        _save(out / "dit.pt", dit, dit_config.to_dict())
+        torch.manual_seed(cfg.seed)
+        text = TextReasoner(px=cfg.px, **cfg.text)
+        text_metrics = train_text(text, train, steps=cfg.steps, batch=cfg.batch, lr=cfg.text_lr, seed=cfg.seed,
+                                  log=logger("text"))
+        _save(out / "text.pt", text, text.settings)
     ns = tuple(n for n in (1, 2, 4, 8, 16) if n <= cfg.n_samples)
     report = {
         "recipe": "diffthinker", "config": asdict(cfg), "metric": "solve rate (verifier)",
