@@ -24,7 +24,7 @@ import itertools
 from .device import Device
 
 TRITON_OPS = ("attention_fwd", "attention_decode")
-TVM_OPS = ("attention_fwd", "attention_decode", "attention_block_scores", "moe_fwd")
+TVM_OPS = ("attention_fwd", "attention_decode", "attention_with_block_scores", "moe_fwd")
 _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bfloat16": 2, "float16": 2, "float32": 4}
 
 
@@ -91,7 +91,7 @@ def tvm_attention_space(op: str, shape: dict) -> list[dict]:
     if op == "attention_decode" or (op == "attention_fwd" and int(shape.get("seq_q", 1 << 30)) <= 8):
         return [{"kv_tile": t} for t in tiles + (256,)]
     rows = [r for r in (16, 32, 64, 128) if r >= group]
-    if op == "attention_block_scores":  # the KV tile is the block
+    if op == "attention_with_block_scores":  # the KV tile is the block
         return [{"rows": r} for r in rows]
     return [{"rows": r, "kv_tile": t} for r in rows for t in tiles]
 

@@ -71,7 +71,7 @@ def test_tvm_spaces():
 
 def test_unknown_op_names_the_tunable_ones():
     with pytest.raises(KeyError, match="tunable: attention_fwd"):
-        spaces.space("moe_route", "tvm", {}, "bf16", device.detect("cpu"))
+        spaces.space("route", "tvm", {}, "bf16", device.detect("cpu"))
 
 
 def test_the_tuner_reaches_kernels_through_their_entry_points_only():

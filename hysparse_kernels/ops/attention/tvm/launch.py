@@ -78,7 +78,7 @@ def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, 
         return build_dense(dqk=dqk, dv=dv, group=group, bm=spec["bm"], bn=bn, dtype=dtype, causal=spec["causal"],
                            has_window=spec["window"], has_sink=spec["sink"], block_scores=spec["block_scores"])
 
-    op = "attention_block_scores" if block_size is not None else "attention_fwd"
+    op = "attention_with_block_scores" if block_size is not None else "attention_fwd"
     return get_module(op, spec, build, cpu_target_spec(), source=_source_hash(), required=("prep", "main")), spec
 
 
@@ -192,7 +192,7 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlen
     ``(out, lse, block_scores)``.
     """
     group = q.shape[1] // k.shape[1]
-    return _tuned("attention_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
+    return _tuned("attention_with_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
                   lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size}),
                   block_size=block_size)
 
@@ -256,7 +256,7 @@ def heuristic_config(op: str, shape: dict) -> dict:
     """The config ``op`` runs for a cache-named ``shape`` without a tuned entry (the tuner's baseline)."""
     window = shape.get("window")
     group = int(shape.get("group") or int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1)))
-    if op == "attention_block_scores":
+    if op == "attention_with_block_scores":
         return {"rows": group * dense_queries_per_task(group)}
     dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES)
     return _heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
@@ -266,7 +266,7 @@ def run_with_config(op: str, config: dict, q, k, v, *, window=None, block_size=N
     """Run the kernel of ``op`` (causal, no sink, full caches for decode) on exactly ``config``,
     bypassing the tuned-config cache: the autotuner times candidates this way."""
     scale = q.shape[-1] ** -0.5
-    if op == "attention_block_scores":
+    if op == "attention_with_block_scores":
         bs = int(block_size)
         return _run_dense(q, k, v, None, True, None, scale, bs, {**config, "kv_tile": bs})
     if op == "attention_decode" or q.shape[2] <= FEW_QUERIES:
