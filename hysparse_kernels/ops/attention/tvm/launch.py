@@ -251,6 +251,25 @@ def accepts_sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices,
 
 # ---------------------------------------------------------------- the autotuner's entry points
 
+TUNABLE = ("attention_fwd", "attention_decode", "attention_with_block_scores")
+_KV_TILES = (16, 32, 64, 128)
+
+
+def search_space(op: str, shape: dict, dtype: str, device) -> list[list[dict]]:
+    """One group of configs for ``op``: ``rows`` (query rows of a dense task, at least the GQA
+    group) x ``kv_tile`` (keys per tile) for the prefill, ``rows`` alone for the block scores
+    (the KV tile is the block), ``kv_tile`` alone for decode (and prefills of few queries)."""
+    if op not in TUNABLE:
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    group = int(shape.get("group") or int(shape.get("q_heads", 1)) // max(1, int(shape.get("kv_heads", 1))))
+    if op == "attention_decode" or (op == "attention_fwd" and int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES):
+        return [[{"kv_tile": t} for t in _KV_TILES + (256,)]]
+    rows = [r for r in (16, 32, 64, 128) if r >= group]
+    if op == "attention_with_block_scores":
+        return [[{"rows": r} for r in rows]]
+    return [[{"rows": r, "kv_tile": t} for r in rows for t in _KV_TILES]]
+
+
 
 def heuristic_config(op: str, shape: dict) -> dict:
     """The config ``op`` runs for a cache-named ``shape`` without a tuned entry (the tuner's baseline)."""
