@@ -33,7 +33,7 @@ SMALL_WINDOW, WINDOW_TILE = 256, 32
 LONG_KV, LONG_TILE = 2048, 128
 # attention_fwd with at most this many causal queries runs the decode kernel (no K^T pass).
 FEW_QUERIES = 8
-# Sliding windows up to this size run the band kernel (swa.py); larger ones the dense kernel.
+# Sliding windows up to this size run the band kernel (attention_swa.py); larger ones the dense kernel.
 SWA_MAX_WINDOW = 512
 
 
@@ -73,7 +73,7 @@ def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, 
                 block_scores=block_size is not None)
 
     def build():
-        from .dense import build_dense
+        from .attention import build_dense
 
         return build_dense(dqk=dqk, dv=dv, group=group, bm=spec["bm"], bn=bn, dtype=dtype, causal=spec["causal"],
                            has_window=spec["window"], has_sink=spec["sink"], block_scores=spec["block_scores"])
@@ -87,7 +87,7 @@ def _rows_module(op, dqk, dv, group, dtype, bn, sparse, window, sink):
                 window=window is not None, sink=sink is not None)
 
     def build():
-        from .rows import build_rows
+        from .sparse_attention import build_rows
 
         return build_rows(dqk=dqk, dv=dv, group=group, bn=bn, dtype=dtype, sparse=spec["sparse"],
                           has_window=spec["window"], has_sink=spec["sink"])
@@ -159,7 +159,7 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
     q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]`` -> out
     ``[B, Hq, Sq, Dv]`` (q's dtype), lse ``[B, Hq, Sq]`` float32. float64 runs the reference.
     A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel; a window up to
-    ``SWA_MAX_WINDOW`` keys the band kernel (``swa.py``); the rest the dense kernel.
+    ``SWA_MAX_WINDOW`` keys the band kernel (``attention_swa.py``); the rest the dense kernel.
 
     Example::
 
