@@ -51,7 +51,12 @@ def graphs() -> dict:
     g = get_graph("tiny-hysparse-7b")
     full = validate(dataclasses.replace(g, layers=tuple(dataclasses.replace(l, pattern=Full()) for l in g.layers),
                                         name="full-attention twin"))
-    return {"hysparse": g, "hybrid-swa": hybrid_swa_twin(g, window=16), "full": full}
+    return {"hysparse": g, "hybrid-swa": hybrid_swa_twin(g, window=16), "full": full,
+            # the sink experiment's control (not run by default): the hybrid-SWA twin without sinks
+            "hybrid-swa-nosink": hybrid_swa_twin(g, window=16, sink=False)}
+
+
+DEFAULT_MODELS = ("hysparse", "hybrid-swa", "full")
 
 
 @dataclasses.dataclass
@@ -247,7 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--value-len", type=int, default=2, help="digits per value")
     ap.add_argument("--eval-contexts", type=int, nargs="+", default=[96, 192, 384])
     ap.add_argument("--eval-n", type=int, default=48, help="sequences per evaluated context")
-    ap.add_argument("--models", nargs="+", default=list(graphs()), choices=list(graphs()))
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(graphs()))
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest)")
     ap.add_argument("--out", default="bench/out/fidelity/retrieval")
