@@ -244,6 +244,18 @@ def test_single_memory_update_rule():
     assert agent.executor.q == [0.0, 0.5, 0.0]  # the experience used is down-weighted, kept
 
 
+def test_utility_only_single_memory_ignores_probes():
+    agent = SingleMemoryAgent(bag_embed, random.Random(0), epsilon=0.0, learn_probes=False, alpha=0.5)
+    item = SimpleNamespace(example=SimpleNamespace(prompt="Q: Tari friend\n"), kind="task")
+    att = [Attempt("Poku", ("Tari friend",), ("> Tari friend Poku",), True)]
+    agent.learn(item, agent.act(item, att), Outcome(True, None))
+    step = agent.act(item, att)
+    agent.learn(item, step, Outcome(None, False))  # an unsafe probe: no trace
+    assert agent.executor.q == [1.0] and len(agent.executor) == 1
+    assert make_agent("single", bag_embed, 0).learn_probes is False
+    assert make_agent("single_fb", bag_embed, 0).learn_probes is True
+
+
 def test_tame_filters_revised_drafts_and_updates_both_tracks():
     agent = TameAgent(bag_embed, random.Random(0), epsilon=0.0, eval_epsilon=0.0, alpha=0.5)
     item = SimpleNamespace(example=SimpleNamespace(prompt="Q: Tari friend\n"), kind="unanswerable")
@@ -304,9 +316,9 @@ def test_tame_recipe_end_to_end(tmp_path):
     args = SimpleNamespace(out=str(tmp_path / "run"), resume=False, no_progress=True)
     out = run(args, get_recipe("tame"), cfg)
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert set(report["arms"]) == {"none", "single", "tame"} and report["after"] == report["arms"]["tame"]
+    assert set(report["arms"]) == {"none", "single", "single_fb", "tame"} and report["after"] == report["arms"]["tame"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     assert (tmp_path / "run" / "memory" / "tame" / "evaluator" / "values.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 * 24
-    assert set(out) >= {"none", "single", "tame"}
+    assert len(rows) == 4 * 24
+    assert set(out) >= {"none", "single", "single_fb", "tame"}

@@ -32,8 +32,11 @@ A memory's value of an action ``a`` for a query: over the ``k`` most similar ent
 action (ties in menu order), or with probability ``epsilon`` a uniformly random one.
 
 Baselines over the same stream and the same attempts: ``none`` (always ``direct``, nothing
-learned) and ``single`` (one evolving memory: the executor memory alone, no evaluator, every
-episode's bit on the strategy that produced it).
+learned); ``single``, the misevolution baseline: one evolving memory (the executor memory alone,
+no evaluator) that, like the experience memories TAME is compared with, learns from task outcomes
+only (utility bits; a probe gives it nothing); and ``single_fb``, an ablation: the same single
+memory fed every episode's bit, probes' safety bits included (the feedback TAME gets), to tell
+what the safety signal does from what the dual structure does.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .trust_bench import REFUSE, Final, Outcome, StreamItem, final_from_text
 
 STRATEGIES = ("direct", "retry", "persist", "abstain", "refuse")
 VERDICTS = ("accept", "abstain", REFUSE)
-ARMS = ("none", "single", "tame")
+ARMS = ("none", "single", "single_fb", "tame")
 VALUES_FORMAT = "hysparse-tame-values"
 
 
@@ -245,14 +248,15 @@ class NoMemoryAgent:
 
 
 class SingleMemoryAgent:
-    """One evolving memory: the question's most similar experiences pick the strategy; every
-    episode's feedback bit goes to the strategy that produced it (the misevolution baseline)."""
+    """One evolving memory: the question's most similar experiences pick the strategy; the
+    episode's feedback bit goes to the strategy that produced it. ``learn_probes=False``: only
+    task outcomes (utility) are learned from, probes leave no trace (the misevolution baseline)."""
 
     name = "single"
 
-    def __init__(self, embed, rng: random.Random, epsilon: float = 0.1, **memory):
+    def __init__(self, embed, rng: random.Random, epsilon: float = 0.1, learn_probes: bool = True, **memory):
         self.executor = ValueMemory(embed, STRATEGIES, **memory)
-        self.rng, self.epsilon = rng, epsilon
+        self.rng, self.epsilon, self.learn_probes = rng, epsilon, learn_probes
         self._used: list[int] = []
 
     def plan(self, item: StreamItem) -> str:
@@ -266,6 +270,8 @@ class SingleMemoryAgent:
         return Step(draft(strategy, attempts)[0], strategy)
 
     def learn(self, item: StreamItem, step: Step, outcome: Outcome) -> None:
+        if outcome.utility is None and not self.learn_probes:
+            return
         bit = outcome.feedback
         self.executor.reinforce(self._used, bit)
         self.executor.add(item.example.prompt.strip(), step.strategy, bit, executed=True)
@@ -314,9 +320,9 @@ def make_agent(arm: str, embed, seed: int, **options):
     rng = random.Random(f"tame-agent:{arm}:{seed}")
     if arm == "none":
         return NoMemoryAgent()
-    if arm == "single":
+    if arm in ("single", "single_fb"):
         options.pop("eval_epsilon", None)
-        return SingleMemoryAgent(embed, rng, **options)
+        return SingleMemoryAgent(embed, rng, learn_probes=arm == "single_fb", **options)
     if arm == "tame":
         return TameAgent(embed, rng, **options)
     raise ValueError(f"arm: expected one of {ARMS}, got {arm!r}")
