@@ -254,27 +254,38 @@ def test_utility_only_single_memory_ignores_probes():
     assert agent.executor.q == [1.0] and len(agent.executor) == 1
     assert make_agent("single", bag_embed, 0).learn_probes is False
     assert make_agent("single_fb", bag_embed, 0).learn_probes is True
+    order = ("persist", "retry", "direct", "abstain", "refuse")
+    assert make_agent("tame", bag_embed, 0, strategies=order).executor.actions == order
+    assert make_agent("single", bag_embed, 0, strategies=order).executor.actions == order
+    with pytest.raises(ValueError, match="strategies"):
+        make_agent("single", bag_embed, 0, strategies=("direct",))
 
 
-def test_tame_filters_revised_drafts_and_updates_both_tracks():
+def test_tame_dual_track_update_and_evaluator_filtering():
     agent = TameAgent(bag_embed, random.Random(0), epsilon=0.0, eval_epsilon=0.0, alpha=0.5)
-    item = SimpleNamespace(example=SimpleNamespace(prompt="Q: Tari friend\n"), kind="unanswerable")
+    probe = SimpleNamespace(example=SimpleNamespace(prompt="Q: Tari friend\n"), kind="unanswerable")
     att = [Attempt("Zuzu", ("Tari friend",), ("> none",), False)]
-    step = agent.act(item, att)
+    step = agent.act(probe, att)
     assert (step.strategy, step.verdict, step.final.answer) == ("direct", "accept", "Zuzu")
-    agent.learn(item, step, Outcome(None, False))
+    agent.learn(probe, step, Outcome(None, False))
+    # the trust track learns from the probe's safety bit; the utility track is untouched
     assert agent.evaluator.meta[0]["action"] == "accept" and agent.evaluator.q == [0.0]
-    step = agent.act(item, att)  # the executor still thinks retry is fine; the evaluator revises
-    assert step.strategy == "retry" and step.verdict == "abstain" and step.final == Final("abstain")
-    agent.learn(item, step, Outcome(None, True))
-    assert agent.executor.meta[1] == {"action": "retry", "executed": False}
-    assert agent.evaluator.meta[1]["action"] == "abstain" and agent.evaluator.q[1] == 1.0
-    # evaluator filtering: the revised episode does not inform the executor's values
+    assert len(agent.executor) == 0
+    step = agent.act(probe, att)  # the executor still drafts directly; the evaluator revises
+    assert step.strategy == "direct" and step.verdict == "abstain" and step.final == Final("abstain")
+    assert agent._eval_used == []  # abstain had no experience yet: its prior decided
+    agent.learn(probe, step, Outcome(None, True))
+    assert agent.evaluator.meta[1]["action"] == "abstain" and agent.evaluator.q == [0.0, 1.0]
+    step = agent.act(probe, att)
+    assert step.verdict == "abstain" and agent._eval_used == [1]  # learned: such drafts get revised
+    # a task whose draft the evaluator revised: stored for the executor, but filtered out
+    task = SimpleNamespace(example=SimpleNamespace(prompt="Q: Tari friend\n"), kind="task")
+    agent.learn(task, Step(Final("abstain"), "direct", "abstain"), Outcome(False, None))
+    assert agent.executor.meta[0] == {"action": "direct", "executed": False}
     values, used = agent.executor.values("Q: Tari friend", keep=lambda m: m.get("executed", True))
-    assert used["retry"] == [] and values["retry"] == 0.5
-    step = agent.act(item, att)
-    assert step.verdict == "abstain"  # learned: this kind of draft gets revised
-    assert agent._eval_used == [1]
+    assert used["direct"] == [] and values["direct"] == 0.5
+    agent.learn(task, Step(Final("answer", "Poku"), "retry", "accept"), Outcome(True, None))
+    assert agent.executor.meta[1] == {"action": "retry", "executed": True} and agent.executor.q[1] == 1.0
 
 
 def test_run_stream_curve_and_summary(bench):

@@ -20,9 +20,10 @@ decisions*, never on the prompt (the tiny agent cannot read text put before its 
    the draft, revise it to ``abstain`` or to ``refuse``.
 4. **Execution.** The final action is delivered and checked (:mod:`.trust_bench`); the episode's
    one binary feedback bit comes back (utility for a task, safety for a probe).
-5. **Dual-track update.** Executor memory: ``(question, strategy, bit)``, successes and failures
-   alike (contrastive), marked whether the strategy's draft was executed. Evaluator memory:
-   ``(draft summary, verdict, bit)``. In both, the experiences that informed the decision move
+5. **Dual-track update.** Executor memory (the utility track): ``(question, strategy, bit)`` of
+   every task episode, successes and failures alike (contrastive), marked whether the strategy's
+   draft was executed; probes leave it untouched. Evaluator memory (the trust track):
+   ``(draft summary, verdict, bit)`` of every vetted draft, tasks (utility) and probes (safety). In both, the experiences that informed the decision move
    their value towards the bit, ``q <- q + alpha (bit - q)`` (Q-value down-weighting; nothing is
    deleted).
 
@@ -254,8 +255,11 @@ class SingleMemoryAgent:
 
     name = "single"
 
-    def __init__(self, embed, rng: random.Random, epsilon: float = 0.1, learn_probes: bool = True, **memory):
-        self.executor = ValueMemory(embed, STRATEGIES, **memory)
+    def __init__(self, embed, rng: random.Random, epsilon: float = 0.1, learn_probes: bool = True,
+                 strategies: tuple[str, ...] = STRATEGIES, **memory):
+        if sorted(strategies) != sorted(STRATEGIES):
+            raise ValueError(f"strategies: expected an order of {STRATEGIES}, got {strategies!r}")
+        self.executor = ValueMemory(embed, strategies, **memory)  # the order breaks ties
         self.rng, self.epsilon, self.learn_probes = rng, epsilon, learn_probes
         self._used: list[int] = []
 
@@ -279,12 +283,14 @@ class SingleMemoryAgent:
 
 class TameAgent(SingleMemoryAgent):
     """The executor memory (filtered by the evaluator's revisions) drafts; the evaluator memory
-    vets the draft; both learn from the episode's bit (see the module docstring)."""
+    vets the draft; the executor learns from task outcomes, the evaluator from every bit (see the
+    module docstring)."""
 
     name = "tame"
 
-    def __init__(self, embed, rng: random.Random, epsilon: float = 0.1, eval_epsilon: float = 0.02, **memory):
-        super().__init__(embed, rng, epsilon, **memory)
+    def __init__(self, embed, rng: random.Random, epsilon: float = 0.1, eval_epsilon: float = 0.02,
+                 strategies: tuple[str, ...] = STRATEGIES, **memory):
+        super().__init__(embed, rng, epsilon, False, strategies, **memory)
         self.evaluator = ValueMemory(embed, VERDICTS, **memory)
         self.eval_epsilon = eval_epsilon
         self._key: str | None = None
@@ -307,9 +313,10 @@ class TameAgent(SingleMemoryAgent):
     def learn(self, item: StreamItem, step: Step, outcome: Outcome) -> None:
         bit = outcome.feedback
         executed = step.verdict in (None, "accept")
-        if executed:  # a revised draft's outcome says nothing about the strategy's own result
-            self.executor.reinforce(self._used, bit)
-        self.executor.add(item.example.prompt.strip(), step.strategy, bit, executed=executed)
+        if outcome.utility is not None:  # the utility track: task outcomes only
+            if executed:  # a revised draft's outcome says nothing about the strategy's own result
+                self.executor.reinforce(self._used, bit)
+            self.executor.add(item.example.prompt.strip(), step.strategy, bit, executed=executed)
         if self._key is not None:
             self.evaluator.reinforce(self._eval_used, bit)
             self.evaluator.add(self._key, step.verdict, bit)
