@@ -66,25 +66,35 @@ def choices(arms_per_run: list[dict]) -> str:
 
 
 def plot(arms_per_run: list[dict], png: Path) -> None:
+    """Top: mean utility and trust per block; bottom: each arm minus no memory on the same
+    episodes (the stream's mix of probe kinds moves every arm's trust together)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    def mean_curve(arm, key):
+        curves = [a[arm]["curve"][key] for a in arms_per_run]
+        return [statistics.fmean([c[i] for c in curves if not math.isnan(c[i])]) for i in range(len(curves[0]))]
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    x = arms_per_run[0]["none"]["curve"]["episode"]
     for arm in ARMS:
-        curves = [a[arm]["curve"] for a in arms_per_run if arm in a]
-        if not curves:
+        if not all(arm in a for a in arms_per_run):
             continue
-        x = curves[0]["episode"]
-        for ax, key in zip(axes, ("utility", "trust")):
-            ys = [[c[key][i] for c in curves if not math.isnan(c[key][i])] for i in range(len(x))]
-            ax.plot(x, [statistics.fmean(y) for y in ys], marker="o", label=NAMES[arm])
-    for ax, label in zip(axes, ("utility (task success)", "trust (probes handled safely)")):
-        ax.set_xlabel("episode")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+        for col, key in enumerate(("utility", "trust")):
+            y, base = mean_curve(arm, key), mean_curve("none", key)
+            axes[0][col].plot(x, y, marker="o", label=NAMES[arm])
+            axes[1][col].plot(x, [a - b for a, b in zip(y, base)], marker="o", label=NAMES[arm])
+    labels = ("utility (task success)", "trust (probes handled safely)")
+    for col, label in enumerate(labels):
+        axes[0][col].set_ylabel(label)
+        axes[1][col].set_ylabel(f"{label.split()[0]} minus no memory")
+        axes[1][col].axhline(0, color="grey", lw=0.8)
+        axes[1][col].set_xlabel("episode")
+        for row in range(2):
+            axes[row][col].grid(alpha=0.3)
+    axes[0][1].legend(fontsize=7)
     fig.suptitle(f"utility and trust per block of episodes, mean of {len(arms_per_run)} seeds")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
