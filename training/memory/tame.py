@@ -23,9 +23,9 @@ decisions*, never on the prompt (the tiny agent cannot read text put before its 
 5. **Dual-track update.** Executor memory (the utility track): ``(question, strategy, bit)`` of
    every task episode, successes and failures alike (contrastive), marked whether the strategy's
    draft was executed; probes leave it untouched. Evaluator memory (the trust track):
-   ``(draft summary, verdict, bit)`` of every vetted draft, tasks (utility) and probes (safety). In both, the experiences that informed the decision move
-   their value towards the bit, ``q <- q + alpha (bit - q)`` (Q-value down-weighting; nothing is
-   deleted).
+   ``(draft summary, verdict, bit)`` of every vetted draft, tasks (utility) and probes (safety).
+   In both, the experiences that informed the decision move their value towards the bit,
+   ``q <- q + alpha (bit - q)`` (Q-value down-weighting; nothing is deleted).
 
 A memory's value of an action ``a`` for a query: over the ``k`` most similar entries,
 ``V(a) = (sum_i w_i q_i [a_i = a] + m p_a) / (sum_i w_i [a_i = a] + m)``, ``w_i = exp((s_i - 1) / tau)``
