@@ -1,0 +1,1 @@
+"""Image-space pieces of the toolkit: multimodal tool use."""
