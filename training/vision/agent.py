@@ -138,23 +138,31 @@ class ToolGRPO:
 
 
 @torch.no_grad()
-def evaluate(model, episodes: list[Episode], limits: Limits, *, temperature: float = 0.0, seed: int = 1234,
-             batch: int = 64) -> dict:
-    """Success (overall and ``success_<domain>``), ``format_ok``, ``tool_reward``, ``reward`` and
-    ``calls_<domain>_<role>`` / ``used_<domain>_<role>`` of one rollout per episode (greedy at
-    ``temperature`` 0), plus ``rollouts`` (the turn texts, for the report's figures)."""
+def evaluate(model, episodes: list[Episode], limits: Limits, *, temperature: float = 1.0, seed: int = 1234,
+             batch: int = 64, greedy: bool = True) -> dict:
+    """Metrics of one sampled rollout per episode (at ``temperature``, generator seeded with
+    ``seed``: the same draws for every checkpoint): ``success`` (overall and
+    ``success_<domain>``), ``format_ok``, ``tool_reward``, ``reward``, ``turns``,
+    ``calls_<domain>_<role>`` / ``used_<domain>_<role>``, and ``transcripts`` (turn texts);
+    with ``greedy``, also ``success_greedy`` and ``success_greedy_<domain>`` (greedy decoding)."""
     gen = torch.Generator().manual_seed(seed)
     rollouts = []
     for i in range(0, len(episodes), batch):
         rollouts += generate(model, episodes[i:i + batch], limits, temperature, gen)
     rows = score(episodes, rollouts)
     n = len(rows)
-    out = {"n": n, "success": sum(r["correct"] for r in rows) / n, "format_ok": sum(r["gate"] for r in rows) / n,
-           "tool_reward": sum(r["r_tool"] for r in rows) / n, "reward": sum(r["reward"] for r in rows) / n,
-           "turns": sum(len(r.turn_texts) for r in rollouts) / n}
-    for d in sorted({e.domain for e in episodes}):
+    out = {"n": n, "temperature": temperature, "success": sum(r["correct"] for r in rows) / n,
+           "format_ok": sum(r["gate"] for r in rows) / n, "tool_reward": sum(r["r_tool"] for r in rows) / n,
+           "reward": sum(r["reward"] for r in rows) / n, "turns": sum(len(r.turn_texts) for r in rollouts) / n}
+    domains = sorted({e.domain for e in episodes})
+    for d in domains:
         idx = [i for i, e in enumerate(episodes) if e.domain == d]
         out[f"success_{d}"] = sum(rows[i]["correct"] for i in idx) / len(idx)
     out.update(call_counts(episodes, [r.turn_texts for r in rollouts]))
     out["transcripts"] = [r.turn_texts for r in rollouts]
+    if greedy:
+        g = evaluate(model, episodes, limits, temperature=0.0, batch=batch, greedy=False)
+        out["success_greedy"] = g["success"]
+        out.update({f"success_greedy_{d}": g[f"success_{d}"] for d in domains})
+        out["transcripts_greedy"] = g["transcripts"]
     return out

@@ -4,8 +4,13 @@ list), the generated SFT traces, the verifier and the per-domain tool-call count
 An episode's prompt, in tokens: ``BOS``, then the text below with the puzzle image's patch
 placeholders at ``<image>``::
 
-    tools: kev=planner rul=cell zam=crop bof=check dap=count
     Q: maze <image>
+    tools: planner=kev cell=rul crop=zam check=bof count=dap
+
+Each tool is listed as ``description=name``; a trace's call repeats the description before the
+name (``call: planner=kev img_1``), so finding the name is a look-up of the description in the
+prompt (an induction copy). Without that note, the 4-layer byte model trained for 1200 SFT steps
+still wrote names not offered in 95% of test episodes; the tool that runs is the one named.
 
 Tool names are three-letter words drawn per episode (``training.rl.tasks.mixed.name_pool``):
 ``names="train"`` from one half of the pool, ``names="heldout"`` from the other (never seen in
@@ -23,10 +28,10 @@ without tools). Puzzles: ``training.vision.puzzles`` (train seeds for ``train``,
 SFT traces (``demonstration``) mix strategies per episode, drawn from a hash of its id, so that
 the warm start knows the protocol and every tool's name-copying but not which tool pays:
 
-* path puzzles: planner then answer (50%), answer directly (25%), the distractor ``count`` then
-  answer directly (25%);
-* jigsaw / sudoku: read every cell then answer (50%), answer directly (25%), the planner (which
-  says ``no path``) then answer directly (25%);
+* path puzzles: planner then answer, answer directly, or the distractor ``count`` then answer
+  directly (a third each);
+* jigsaw / sudoku: read every cell then answer, answer directly, or the planner (which says
+  ``no path``) then answer directly (a third each);
 * ``tools: none``: answer directly.
 
 Direct answers are the gold answer: a tiny model rarely gets them right from pixels, which is
@@ -114,9 +119,9 @@ def make_episode(puzzle, split: str, *, names: str = "train", tools: bool = True
     """The episode of ``puzzle`` (tools drawn from the ``names`` pool, or none)."""
     eid = f"{puzzle.domain}:{split}:{puzzle.seed}"
     offered = draw_names(f"names:{names}:{salt}:{eid}", names) if tools else {}
-    header = "tools: " + (" ".join(f"{n}={r}" for n, r in offered.items()) if offered else "none")
+    header = "tools: " + (" ".join(f"{r}={n}" for n, r in offered.items()) if offered else "none")
     return Episode(eid, puzzle.domain, puzzle, board_of(puzzle), offered,
-                   f"{header}\nQ: {puzzle.domain} {IMAGE_MARK}\n")
+                   f"Q: {puzzle.domain} {IMAGE_MARK}\n{header}\n")
 
 
 def make_episodes(domains, split: str, n: int, *, names: str = "train", tools: bool = True, px: int = 32,
@@ -134,7 +139,7 @@ def strategy(ep: Episode) -> str:
     if not ep.tools:
         return "direct"
     u = int.from_bytes(hashlib.sha256(f"strategy:{ep.id}:{sorted(ep.tools)}".encode()).digest()[:4], "big") / 2**32
-    return "tool" if u < 0.5 else ("direct" if u < 0.75 else "wrong_tool")
+    return "tool" if u < 1 / 3 else ("direct" if u < 2 / 3 else "wrong_tool")
 
 
 def demonstration(ep: Episode) -> list[tuple[str, bool, np.ndarray | None]]:
@@ -144,7 +149,7 @@ def demonstration(ep: Episode) -> list[tuple[str, bool, np.ndarray | None]]:
     out = [(ep.prompt, False, ep.puzzle.image)]
 
     def call(role: str, args: str) -> str:
-        line = f"call: {ep.name_of(role)} {args}\n"
+        line = f"call: {role}={ep.name_of(role)} {args}\n"
         obs, image = session.observe(line)
         out.extend([(line, True, None), (obs, False, image)])
         return obs

@@ -2,7 +2,7 @@
 SFT and RL steps train on.
 
 A rollout starts from an episode's prompt (token ids with the puzzle image's placeholder run),
-decodes one token at a time on a ``KVCache`` (the zoo decoder's ``hysparse`` decode ops) and
+decodes one token at a time (bytes only: ``byte_logits``) on a ``KVCache`` (the zoo decoder's ``hysparse`` decode ops) and
 ends a turn at a newline; the episode's ``ToolSession`` answers a call with an observation,
 whose text is encoded and, when the tool returned an image, gets that image's placeholder run
 at ``IMAGE_MARK``. The observation is appended to the row's cache in one forward (its patch
@@ -26,6 +26,12 @@ from ..rl.sampling import policy_logprobs, sample_from
 from .tools import IMAGE_MARK
 
 NEWLINE = 10  # the byte that ends a turn
+
+
+def byte_logits(logits: Tensor) -> Tensor:
+    """``logits [..., V]`` with every id but the 256 bytes set to -inf: the policy writes text
+    only (an image placeholder, or BOS / EOS / PAD, is never sampled)."""
+    return logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) >= 256, float("-inf"))
 
 
 def image_tensor(images: list[np.ndarray]) -> Tensor | None:
@@ -98,7 +104,7 @@ def generate(model, episodes: list, limits: Limits, temperature: float = 1.0,
             h = model.hidden_states(ids, image_tensor([rows[i].images[0]] * (j - i)), row_slice(cache, i, j))
             last.append(h[:, -1])
             i = j
-        logits = model.logits(torch.cat(last))
+        logits = byte_logits(model.logits(torch.cat(last)))
         live = list(range(len(rows)))  # live[s]: the rollout in cache row s
         start = [0] * len(rows)  # where each row's current turn began
         done = [False] * len(rows)
@@ -149,7 +155,7 @@ def generate(model, episodes: list, limits: Limits, temperature: float = 1.0,
                 hs = model.hidden_states(torch.tensor([ids]), None if image is None else image_tensor([image]),
                                          cache.select(s) if cache.batch > 1 else cache)
                 h[s] = hs[0, -1]
-            logits = model.logits(h)
+            logits = byte_logits(model.logits(h))
             if len(keep) < len(live):
                 cache = take_rows(cache, keep)
                 live, logits = [live[s] for s in keep], logits[keep]
@@ -194,6 +200,7 @@ def response_logprobs(model, batch: dict, temperature: float = 1.0, *, with_entr
     L = batch["response"].shape[1]
     logits = model(ids, batch["images"])  # [N, T, V]
     idx = (batch["prompt_lens"][:, None] + torch.arange(L) - 1).clamp(max=ids.shape[1] - 1)
-    lp_all = policy_logprobs(logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])), temperature)
+    lp_all = policy_logprobs(byte_logits(logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))), temperature)
     lp = lp_all.gather(-1, batch["response"][..., None]).squeeze(-1)
+    lp = torch.where(batch["response"] < 256, lp, torch.zeros_like(lp))  # padding: -inf under byte_logits
     return lp, (entropy(lp_all) if with_entropy else None)

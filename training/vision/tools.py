@@ -4,13 +4,15 @@ Tool-GRPO scoring of those calls.
 Protocol (one line per model turn, as the RL core's ``toolmix``; an observation line follows a
 call)::
 
-    tools: kev=planner rul=cell zam=crop bof=check dap=count
     Q: maze <image>
-    call: kev img_1
-    > R R D D
-    answer: R R D D
+    tools: planner=kev cell=rul crop=zam check=bof count=dap
+    call: planner=kev img_1
+    > RRDD
+    answer: RRDD
 
-A call is ``call: NAME ARGS``; the answer is ``answer: X``. The tools, by role:
+A call is ``call: NAME ARGS``, optionally with the description the model reads it under before
+the name (``call: DESC=NAME ARGS``: what the tool is for, as a thought; the tool that runs is the
+one called ``NAME``, whatever ``DESC`` says); the answer is ``answer: X``. The tools, by role:
 
 * ``planner`` (A* over the board's free cells, start to goal): ``ARGS`` = an image name; returns
   the shortest path as moves in the puzzle's answer format. Helps on path puzzles (maze,
@@ -45,7 +47,7 @@ ROLES = ("planner", "cell", "crop", "check", "count")
 IMAGE_MARK = "<image>"
 LAMBDA_ACC = 1.0
 LAMBDA_TOOL = 0.25
-_CALL = re.compile(r"^call:\s*([a-z]+)(?:\s+(.*?))?\s*$")
+_CALL = re.compile(r"^call:\s*(?:[a-z]+=)?([a-z]+)(?:\s+(.*?))?\s*$")
 _IMG = re.compile(r"^img_([1-9][0-9]*)$")
 MOVES = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 
@@ -97,7 +99,8 @@ def astar(board: Board) -> list[str] | None:
 
 
 def parse_call(line: str) -> tuple[str, str] | None:
-    """``"call: kev img_1"`` -> ``("kev", "img_1")``; None when the line is not a call."""
+    """``"call: kev img_1"`` or ``"call: planner=kev img_1"`` -> ``("kev", "img_1")`` (the name
+decides the tool; the description before ``=`` is the model's note); None when not a call."""
     m = _CALL.match(line.strip())
     return None if m is None else (m.group(1), (m.group(2) or "").strip())
 
