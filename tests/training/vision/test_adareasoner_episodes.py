@@ -91,3 +91,25 @@ def test_sft_render_and_loss():
     torch.manual_seed(0)
     loss = sft_loss(VisionLM(VisionConfig()), [ep], tok)
     assert torch.isfinite(loss) and float(loss) > 0
+
+
+def test_score_hand_worked_rollouts():
+    from hysparse_kernels.training.vision.rollout import VRollout
+
+    ep = make_episodes(("maze",), "test", 1)[0]
+    planner, count = ep.name_of("planner"), ep.name_of("count")
+    wrong = "U" if not ep.answer.startswith("U") else "D"
+
+    def rollout(*turns):
+        return VRollout(prompt=[0], turn_texts=list(turns))
+
+    rows = score([ep] * 5, [
+        rollout(f"call: planner={planner} img_1\n", f"answer: {ep.answer}\n"),   # right: 1
+        rollout(f"call: {planner} img_1\n", f"answer: {wrong}\n"),               # wrong, one perfect call: 0.25
+        rollout(f"call: {count} img_7\n", "call: zzz img_1\n", f"answer: {wrong}\n"),  # (2/3 + 1/3) / 2 x 0.25
+        rollout(f"answer: {ep.answer}\n", f"answer: {ep.answer}\n"),             # two answers: gate fails
+        rollout(f"call: {planner} img_1\n"),                                     # no answer
+    ])
+    assert [r["correct"] for r in rows] == [True, False, False, True, False]
+    assert [r["gate"] for r in rows] == [True, True, True, False, False]
+    assert [r["reward"] for r in rows] == pytest.approx([1.0, 0.25, 0.125, 0.0, 0.0])
