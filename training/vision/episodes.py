@@ -5,7 +5,7 @@ An episode's prompt, in tokens: ``BOS``, then the text below with the puzzle ima
 placeholders at ``<image>``::
 
     Q: maze <image>
-    tools: planner=kev cell=rul crop=zam check=bof count=dap
+    tools: planner=kev read=rul zoom=zam verify=bof dark=dap
 
 Each tool is listed as ``description=name``; a trace's call repeats the description before the
 name (``call: planner=kev img_1``), so finding the name is a look-up of the description in the
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tools import IMAGE_MARK, ROLES, Board, ToolSession, parse_answer
+from .tools import DESCRIPTIONS, IMAGE_MARK, ROLES, Board, ToolSession, parse_answer
 
 PATH_DOMAINS = ("maze", "frozenlake")
 GRID_DOMAINS = ("jigsaw", "sudoku")
@@ -119,7 +119,7 @@ def make_episode(puzzle, split: str, *, names: str = "train", tools: bool = True
     """The episode of ``puzzle`` (tools drawn from the ``names`` pool, or none)."""
     eid = f"{puzzle.domain}:{split}:{puzzle.seed}"
     offered = draw_names(f"names:{names}:{salt}:{eid}", names) if tools else {}
-    header = "tools: " + (" ".join(f"{r}={n}" for n, r in offered.items()) if offered else "none")
+    header = "tools: " + (" ".join(f"{DESCRIPTIONS[r]}={n}" for n, r in offered.items()) if offered else "none")
     return Episode(eid, puzzle.domain, puzzle, board_of(puzzle), offered,
                    f"Q: {puzzle.domain} {IMAGE_MARK}\n{header}\n")
 
@@ -149,7 +149,7 @@ def demonstration(ep: Episode) -> list[tuple[str, bool, np.ndarray | None]]:
     out = [(ep.prompt, False, ep.puzzle.image)]
 
     def call(role: str, args: str) -> str:
-        line = f"call: {role}={ep.name_of(role)} {args}\n"
+        line = f"call: {DESCRIPTIONS[role]}={ep.name_of(role)} {args}\n"
         obs, image = session.observe(line)
         out.extend([(line, True, None), (obs, False, image)])
         return obs

@@ -5,7 +5,7 @@ Protocol (one line per model turn, as the RL core's ``toolmix``; an observation 
 call)::
 
     Q: maze <image>
-    tools: planner=kev cell=rul crop=zam check=bof count=dap
+    tools: planner=kev read=rul zoom=zam verify=bof dark=dap
     call: planner=kev img_1
     > RRDD
     answer: RRDD
@@ -17,15 +17,15 @@ one called ``NAME``, whatever ``DESC`` says); the answer is ``answer: X``. The t
 * ``planner`` (A* over the board's free cells, start to goal): ``ARGS`` = an image name; returns
   the shortest path as moves in the puzzle's answer format. Helps on path puzzles (maze,
   frozenlake); on jigsaw and sudoku it answers ``no path`` (nothing to plan).
-* ``cell`` (read a grid cell): ``ARGS`` = ``R C`` (0-based row, column); returns what is there
+* ``cell`` (described as ``read``: read a grid cell): ``ARGS`` = ``R C`` (0-based row, column); returns what is there
   (``wall``, ``free``, ``hole``, ``start``, ``goal``; for jigsaw the home index of the tile shown
   there; for sudoku the digit or ``empty``).
-* ``crop`` (zoom): ``ARGS`` = ``IMG R C``: the half of the board around cell ``(R, C)`` scaled to
+* ``crop`` (described as ``zoom``): ``ARGS`` = ``IMG R C``: the half of the board around cell ``(R, C)`` scaled to
   the full image size, returned as a new image ``img_k`` (its patch tokens are spliced into the
   context: ``<image>`` in the observation text marks where).
-* ``check`` (draw a candidate and get it checked): ``ARGS`` = a candidate answer; returns
+* ``check`` (described as ``verify``: draw a candidate and get it checked): ``ARGS`` = a candidate answer; returns
   ``correct`` or ``wrong`` (the puzzle's verifier on the drawn candidate).
-* ``count`` (a distractor: the number of dark pixels of an image): ``ARGS`` = an image name.
+* ``count`` (described as ``dark``; a distractor: the number of dark pixels of an image): ``ARGS`` = an image name.
   It helps with nothing.
 
 Per-call tool score (0..3, as ``tool_grpo``'s): 0 not a ``call:`` line, 1 parsed, 2 the name is
@@ -44,6 +44,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ROLES = ("planner", "cell", "crop", "check", "count")
+# The word a tool is described by in the prompt (and that a call may repeat before the name).
+# Distinct first letters: with ``cell``, ``crop``, ``check`` and ``count`` all starting with
+# ``c``, Tool-GRPO pushing the distractor ``count`` down on path puzzles also pushed down the
+# first letter of ``cell`` on jigsaw, where it was the useful tool (bench/RESULTS_vision.md).
+DESCRIPTIONS = {"planner": "planner", "cell": "read", "crop": "zoom", "check": "verify", "count": "dark"}
 IMAGE_MARK = "<image>"
 LAMBDA_ACC = 1.0
 LAMBDA_TOOL = 0.25

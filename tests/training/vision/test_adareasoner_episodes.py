@@ -11,7 +11,7 @@ from hysparse_kernels.training.vision.episodes import (board_of, demonstration, 
                                                        strategy, verify)
 from hysparse_kernels.training.vision.puzzles import make_puzzle, verify_text
 from hysparse_kernels.training.vision.rollout import Limits, collate, generate, response_logprobs
-from hysparse_kernels.training.vision.tools import astar
+from hysparse_kernels.training.vision.tools import DESCRIPTIONS, astar
 from hysparse_kernels.training.data import ByteTokenizer
 
 DOMAINS = ("maze", "frozenlake", "jigsaw", "sudoku")
@@ -56,7 +56,7 @@ def test_names_pools_are_disjoint_and_prompts_list_them():
     assert train and held and not train & held
     p = make_puzzle("maze", 0)
     ep = make_episode(p, "train")
-    assert all(f"{r}={n}" in ep.prompt for n, r in ep.tools.items())
+    assert all(f"{DESCRIPTIONS[r]}={n}" in ep.prompt for n, r in ep.tools.items())
     bare = make_episode(p, "train", tools=False)
     assert "tools: none" in bare.prompt and not bare.tools and strategy(bare) == "direct"
 
