@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROLES = ("planner", "cell", "crop", "check", "count", "unknown")
+# eval.json keys name tools by role; the prompt describes them by these words
+DESCRIBED = {"planner": "planner", "cell": "cell (`read`)", "crop": "crop (`zoom`)", "check": "check (`verify`)",
+             "count": "count (`dark`, distractor)", "unknown": "unknown"}
 CONDITIONS = (("tools", "tools (renamed: fresh names from the training pool)"), ("unseen", "unseen names (held-out pool)"),
               ("notools", "no tools offered"))
 
@@ -52,7 +55,7 @@ def tables(reports: list[dict]) -> str:
         for role in (r for r in ROLES if r not in never):
             c = [_cell([r[ck]["tools"][f"calls_{d}_{role}"] for r in reports]) for ck in ("before", "after")]
             u = [_cell([r[ck]["tools"][f"used_{d}_{role}"] for r in reports]) for ck in ("before", "after")]
-            lines.append(f"| {d} | {role} | {c[0]} | {c[1]} | {u[0]} | {u[1]} |")
+            lines.append(f"| {d} | {DESCRIBED[role]} | {c[0]} | {c[1]} | {u[0]} | {u[1]} |")
     out += ["Tool calls with tools offered (condition `tools`, sampled rollouts; `unknown`: a name not offered"
             + (f"; never called by any checkpoint: {', '.join(never)}" if never else "") + "):", "", *lines, ""]
     lines = ["| checkpoint | format_ok | tool_reward | reward |", "|---|---|---|---|"]
