@@ -45,9 +45,8 @@ import numpy as np
 
 ROLES = ("planner", "cell", "crop", "check", "count")
 # The word a tool is described by in the prompt (and that a call may repeat before the name).
-# Distinct first letters: with ``cell``, ``crop``, ``check`` and ``count`` all starting with
-# ``c``, Tool-GRPO pushing the distractor ``count`` down on path puzzles also pushed down the
-# first letter of ``cell`` on jigsaw, where it was the useful tool (bench/RESULTS_vision.md).
+# Distinct first letters, so no two tools share the token that starts a call's description
+# (first runs used cell / crop / check / count; see bench/RESULTS_vision.md for what changed).
 DESCRIPTIONS = {"planner": "planner", "cell": "read", "crop": "zoom", "check": "verify", "count": "dark"}
 IMAGE_MARK = "<image>"
 LAMBDA_ACC = 1.0

@@ -20,7 +20,8 @@ traces whose strategy is drawn per episode (the useful tool, a direct answer, or
 tool then a direct answer, a third each; 1 in 10 traces offer no tools), so the warm start knows
 the protocol but not which tool pays; cached under ``$HYSPARSE_CACHE/vision-sft`` and shared by
 every RL seed (``--init-from`` a ``VisionLM`` folder replaces it). Copying a tool's name from the
-list emerged only after ~700 steps of 32 traces (at 16 per step, 1200 steps were not enough).
+list emerged only after ~700 steps of 32 traces (at 16 traces per step, 800 steps were not
+enough).
 Departures from GRPO with the outcome reward: the format gate, tool credit on wrong answers,
 random tool names per episode; the policy is the vision model, rolled out by
 ``training.vision.rollout`` (the RL core's engine and trainer take text-only models), with the
