@@ -27,8 +27,9 @@ random tool names per episode; the policy is the vision model, rolled out by
 ``training.vision.rollout`` (the RL core's engine and trainer take text-only models), with the
 core's ``algos`` advantage and loss. Departures from the paper (Qwen2.5-VL-7B, JSON calls inside
 ``<think>``/``<tool_call>``/``<response>`` tags, 6-character names, paraphrased descriptions,
-8 : mean-tool-score rewards): a byte-level LM of ~0.2 M parameters, one-line calls, three-letter
-names, the role word as the description, 1 : 0.25.
+8 : mean-tool-score rewards): a byte-level LM of 0.26 M parameters, one-line calls, three-letter
+names, one fixed word per tool as its description (written back before the name in a call:
+``call: planner=kev img_1``), 1 : 0.25.
 
 ``eval.json``: for ``before`` (the SFT warm start) and ``after`` (after RL), and each condition
 ``tools`` (test puzzles, names from the training pool drawn anew: renamed tools), ``unseen``
