@@ -90,7 +90,7 @@ def test_sft_render_and_loss():
     assert text.count("call: ") == 4 and text.endswith(f"answer: {ep.answer}\n")
     torch.manual_seed(0)
     loss = sft_loss(VisionLM(VisionConfig()), [ep], tok)
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
 
 
 def test_score_hand_worked_rollouts():
