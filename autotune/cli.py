@@ -111,7 +111,7 @@ def _jobs(args, device: str, backend: str) -> list[tuple[str, dict]]:
         op = shapes.op_name(args.op)
         if not spaces.tunable(op, backend):
             raise ValueError(f"--op: {args.op!r} is not tunable on {backend}; tunable: "
-                             f"{', '.join(spaces.TRITON_OPS if backend == 'triton' else spaces.TVM_OPS)}")
+                             f"{', '.join(spaces.tunable_ops(backend))}")
         if not args.shape:
             raise ValueError("--op needs at least one --shape")
         return [(op, shapes.parse_shape(s)) for s in args.shape]

@@ -23,7 +23,9 @@ NAMES = {"batch", "q_heads", "kv_heads", "seq_q", "seq_k", "qk_dim", "v_dim", "w
          "tokens", "hidden", "experts", "top_k", "intermediate"}
 # CLI op names ("attention.fwd") -> registry op names ("attention_fwd")
 OPS = {"attention.fwd": "attention_fwd", "attention.decode": "attention_decode",
-       "attention.block_scores": "attention_block_scores", "moe": "moe_fwd", "moe.fwd": "moe_fwd"}
+       "attention.block_scores": "attention_with_block_scores", "moe": "moe_fwd", "moe.fwd": "moe_fwd",
+       # the registry names of these two ops before they took their public functions' names
+       "attention_block_scores": "attention_with_block_scores", "moe_route": "route"}
 FAMILIES = ("attention", "moe")
 
 

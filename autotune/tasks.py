@@ -95,7 +95,7 @@ def make_task(op: str, backend: str, shape: dict, dtype: str = "bf16", device: s
         inputs, options = _moe_inputs(shape, dt, gen), {}
     else:
         inputs = _attention_inputs(shape, dt, device, gen)
-        options = {"block_size": int(shape["block_size"])} if op == "attention_block_scores" else {"window": shape.get("window")}
+        options = {"block_size": int(shape["block_size"])} if op == "attention_with_block_scores" else {"window": shape.get("window")}
     return Task(op, backend, shape, lambda c: (lambda: module.run_with_config(op, c, *inputs, **options)), nbytes)
 
 

@@ -34,7 +34,7 @@ def main() -> None:
 
     rows = []
     (out_full, _, scores), t = timed(hk.attention_with_block_scores, q_full, k_full, v_full, block_size=block)
-    rows.append(("full + block scores", "attention_block_scores", t))
+    rows.append(("full + block scores", "attention_with_block_scores", t))
     idx, t = timed(hk.topk_blocks, scores, topk, block_size=block, seqlen_k=S)
     rows.append((f"top-{topk} blocks", "topk_blocks", t))
     o_sparse, t = timed(hk.sparse_attention, q_sparse, k_full, v_full, idx, block_size=block, sink=sink)

@@ -32,7 +32,7 @@ PHASES = ("prefill", "decode")
 # The MoE ops a MoE layer lowers to (routing, then the permute / grouped-GEMM expert MLP /
 # un-permute forward), looked up by name in the dispatch registry: the names the MoE op family
 # registers (``hysparse_kernels/ops/moe/ops.py``); absent ones are "not yet available".
-MOE_OPS = ("moe_route", "moe_fwd")
+MOE_OPS = ("route", "moe_fwd")
 
 TUNED, HEURISTIC, UNAVAILABLE = "tuned", "heuristic", "not yet available"
 
@@ -111,7 +111,7 @@ def _layer_ops(layer, phase: str, selections) -> list[tuple[str, str, dict]]:
         if selections:
             # The full layer's attention emits the block scores (prefill and, per new token, decode).
             block = selections[0].block_size
-            ops.append(("attention_block_scores", "full + block scores", {"block_size": block}))
+            ops.append(("attention_with_block_scores", "full + block scores", {"block_size": block}))
             ops += [("topk_blocks", "top-k selection", {"block_size": block, "topk": sel.topk}) for sel in selections]
         else:
             ops.append(("attention_fwd" if phase == "prefill" else "attention_decode", "full", {}))

@@ -158,8 +158,8 @@ def test_block_sizes_the_kernels_do_not_take_run_on_the_reference():
     ref = hk.attention_with_block_scores(q, k, v, block_size=4, backend="reference")
     for got, want in zip((out, lse, scores), ref):
         torch.testing.assert_close(got, want)
-    assert not dispatch.accepts("attention_block_scores", "tvm", q, k, v, 4, True, 0.25)
-    assert dispatch.accepts("attention_block_scores", "tvm", q, k, v, 8, True, 0.25)
+    assert not dispatch.accepts("attention_with_block_scores", "tvm", q, k, v, 4, True, 0.25)
+    assert dispatch.accepts("attention_with_block_scores", "tvm", q, k, v, 8, True, 0.25)
 
 
 def test_cutlass_declares_what_it_takes():

@@ -82,7 +82,7 @@ def test_each_family_keys_its_configs_by_its_own_kernel_sources():
     assert tuned.source_hash("attention_decode", "triton") == _hash_of(ops / "attention" / "triton")
     assert tuned.source_hash("moe_fwd", "tvm") == _hash_of(ops / "moe" / "tvm")
     assert tuned.source_hash("moe_fwd", "triton") == _hash_of(ops / "moe" / "triton")
-    assert (tuned.op_family("moe_route"), tuned.op_family("topk_blocks"), tuned.op_family("nope")) == ("moe", "attention", None)
+    assert (tuned.op_family("route"), tuned.op_family("topk_blocks"), tuned.op_family("nope")) == ("moe", "attention", None)
 
 
 def test_a_registered_family_is_keyed_by_its_files(tmp_path):

@@ -134,7 +134,7 @@ def test_budget_zero_saves_nothing_but_reports(cache, capsys):
 def test_bad_arguments_are_named(capsys):
     assert main(["autotune", "--op", "attention.fwd", "--shape", "B=1,Hq=2", "--no-progress"]) == 2
     assert "attention shapes need" in capsys.readouterr().err
-    assert main(["autotune", "--op", "moe_route", "--shape", "T=1,H=8,E=2,K=1,I=8"]) == 2
+    assert main(["autotune", "--op", "route", "--shape", "T=1,H=8,E=2,K=1,I=8"]) == 2
     assert "not tunable" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--budget"):
         cli.parse_budget("soon")

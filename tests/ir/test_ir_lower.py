@@ -13,10 +13,10 @@ def test_hysparse_plan_ops_per_layer_and_phase():
     by = {}
     for e in plan.entries:
         by.setdefault((e.phase, e.layer), []).append(e.op)
-    assert by[("prefill", 0)] == ["attention_block_scores", "topk_blocks"]
+    assert by[("prefill", 0)] == ["attention_with_block_scores", "topk_blocks"]
     assert by[("prefill", 1)] == ["sparse_attention_fwd", "attention_fwd"]
     assert by[("prefill", 7)] == ["attention_fwd"]  # the last full layer feeds no sparse layer
-    assert by[("decode", 4)] == ["attention_block_scores", "topk_blocks"]
+    assert by[("decode", 4)] == ["attention_with_block_scores", "topk_blocks"]
     assert by[("decode", 6)] == ["sparse_attention_decode", "attention_decode"]
     assert by[("decode", 7)] == ["attention_decode"]
     assert [e.op for e in plan.for_layer(5, "decode")] == by[("decode", 5)]

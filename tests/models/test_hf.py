@@ -88,7 +88,7 @@ def test_generate_runs_the_hysparse_ops_and_the_shared_kv_cache(saved):
                                                 pad_token_id=0))
     ours = hysparse_ops(lambda: generate(model, PROMPTS, max_new_tokens=4))
     assert theirs == ours  # the same ops, as many times
-    assert {"hysparse::attention_block_scores", "hysparse::topk_blocks", "hysparse::attention_decode",
+    assert {"hysparse::attention_with_block_scores", "hysparse::topk_blocks", "hysparse::attention_decode",
             "hysparse::sparse_attention_decode"} <= set(ours)
     with torch.no_grad():
         out = auto(ids, attention_mask=mask, use_cache=True)

@@ -96,8 +96,8 @@ def test_kernels_without_lengths_route_them_to_the_reference(backend):
     from hysparse_kernels import dispatch
 
     q, k, v, lens = _inputs(2, 2, 1, 1, 32, 16, (32, 5))
-    assert not dispatch.accepts("attention_block_scores", backend, q, k, v, 16, True, 0.25, lens)
-    assert dispatch.accepts("attention_block_scores", backend, q, k, v, 16, True, 0.25, None)
+    assert not dispatch.accepts("attention_with_block_scores", backend, q, k, v, 16, True, 0.25, lens)
+    assert dispatch.accepts("attention_with_block_scores", backend, q, k, v, 16, True, 0.25, None)
     got = hk.attention_with_block_scores(q, k, v, block_size=16, cache_seqlens=lens, backend=backend)
     want = hk.attention_with_block_scores(q, k, v, block_size=16, cache_seqlens=lens, backend="reference")
     for a, b in zip(got, want):

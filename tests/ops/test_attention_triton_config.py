@@ -7,7 +7,7 @@ import torch
 from hysparse_kernels import tuned
 from hysparse_kernels.ops.attention.triton import config
 
-OPS = ("attention_fwd", "attention_block_scores", "attention_bwd", "sparse_attention", "sparse_attention_bwd",
+OPS = ("attention_fwd", "attention_with_block_scores", "attention_bwd", "sparse_attention", "sparse_attention_bwd",
        "decode", "topk_blocks")
 
 

@@ -24,7 +24,7 @@ def test_opcheck_attention_with_sink_and_window():
 @pytest.mark.slow
 def test_opcheck_block_scores_topk_sparse_decode():
     q, k, v = _qkv(Sq=20, Sk=40)
-    torch.library.opcheck(ops.attention_block_scores, (q, k, v, 16, True, 0.25, "triton"))
+    torch.library.opcheck(ops.attention_with_block_scores, (q, k, v, 16, True, 0.25, "triton"))
     scores = torch.rand(1, 2, 20, 3)
     torch.library.opcheck(ops.topk_blocks, (scores, 2, 16, 40, "triton"))
     idx = hk.topk_blocks(scores, 2, block_size=16, seqlen_k=40, backend="triton")

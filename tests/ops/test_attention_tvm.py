@@ -201,7 +201,7 @@ def test_sparse_decode_matches_reference(dtype):
 def test_auto_picks_tvm_on_cpu():
     from hysparse_kernels import dispatch
 
-    for op in ("attention_fwd", "attention_block_scores", "sparse_attention_fwd", "attention_decode", "sparse_attention_decode"):
+    for op in ("attention_fwd", "attention_with_block_scores", "sparse_attention_fwd", "attention_decode", "sparse_attention_decode"):
         assert dispatch.resolve(op, "cpu") == "tvm"
 
 

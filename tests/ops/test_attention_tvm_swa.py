@@ -1,4 +1,4 @@
-"""TVM sliding-window prefill (band kernel, ``tvm/swa.py``) against the float64 reference, and the
+"""TVM sliding-window prefill (band kernel, ``tvm/attention_swa.py``) against the float64 reference, and the
 dense kernel that keeps windows above ``SWA_MAX_WINDOW``.
 
 Tolerance (hysparse_kernels.testing): fp32 within a small atol of the float64 reference; bf16 and

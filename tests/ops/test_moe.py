@@ -253,7 +253,7 @@ def _opcheck_samples():
     xs, off, inv = ops.moe_permute(x, ids, 4, REF)
     logits = torch.randn(6, 4)
     return [
-        (ops.moe_route, (logits.requires_grad_(), 2, "sigmoid", torch.zeros(4), 2, 1, True, 2.0, REF)),
+        (ops.route, (logits.requires_grad_(), 2, "sigmoid", torch.zeros(4), 2, 1, True, 2.0, REF)),
         (ops.moe_permute, (x.clone().requires_grad_(), ids, 4, REF)),
         (ops.moe_unpermute, (xs.clone().requires_grad_(), inv, w.clone().requires_grad_(), REF)),
         (ops.grouped_gemm, (xs.clone().requires_grad_(), wgu.clone().requires_grad_(), off, REF)),

@@ -184,4 +184,4 @@ def test_opcheck_triton():
     x, wgu, wd, w, ids = _data(6, 4, 2, 16, 16)
     args = [t.float().to(DEV).requires_grad_() for t in (x, wgu, wd, w)]
     torch.library.opcheck(ops.moe_fwd, (*args, ids.to(DEV), TRI))
-    torch.library.opcheck(ops.moe_route, (torch.randn(5, 16, device=DEV), 4, "sigmoid", None, 4, 2, True, 2.5, TRI))
+    torch.library.opcheck(ops.route, (torch.randn(5, 16, device=DEV), 4, "sigmoid", None, 4, 2, True, 2.5, TRI))

@@ -82,6 +82,13 @@ class ExperienceBank:
         self.entries += list(entries)
         self.embeddings = vecs if self.embeddings is None else torch.cat([self.embeddings, vecs])
 
+    def similarities(self, query: str) -> Tensor:
+        """Cosine similarity of ``query`` to every entry's key, ``[N]`` float32 (``[0]`` when empty)."""
+        if not self.entries:
+            return torch.zeros(0)
+        q = _normalise(self.embed([query]).float())[0]
+        return self.embeddings @ q
+
     def retrieve(self, query: str, k: int = 1, *, successful_only: bool = True, exclude_key: str | None = None
                  ) -> list[tuple[Entry, float]]:
         """The ``k`` entries most similar to ``query`` (cosine), best first, with their scores;
@@ -91,8 +98,7 @@ class ExperienceBank:
             raise ValueError(f"k: expected >= 1, got {k}")
         if not self.entries:
             return []
-        q = _normalise(self.embed([query]).float())[0]
-        scores = self.embeddings @ q  # [N]
+        scores = self.similarities(query)  # [N]
         ok = torch.tensor([(e.success or not successful_only) and e.key != exclude_key for e in self.entries])
         scores = torch.where(ok, scores, torch.full_like(scores, -float("inf")))
         top = torch.topk(scores, min(k, len(self.entries)))

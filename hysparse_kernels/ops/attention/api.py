@@ -129,7 +129,7 @@ def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=No
     _check_qkv(q, k, v)
     checks.power_of_two("block_size", block_size)
     _check_lengths(cache_seqlens, q.shape[0], ("q", q))
-    return ops.attention_block_scores(
+    return ops.attention_with_block_scores(
         q, k, v, block_size, bool(causal), _scale(scale, q), checks.backend_name(backend), cache_seqlens
     )
 

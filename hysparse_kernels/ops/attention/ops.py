@@ -9,7 +9,7 @@ Ops (all outputs are new, contiguous tensors; nothing is mutated):
 * ``hysparse::attention_fwd(q, k, v, sink?, causal, window?, scale, backend) -> (out, lse)``
 * ``hysparse::attention_bwd(dout, dlse, q, k, v, sink?, out, lse, causal, window?, scale, backend)
   -> (dq, dk, dv, dsink)``; ``dsink`` is zeros ``[Hq]`` when there is no sink.
-* ``hysparse::attention_block_scores(q, k, v, block_size, causal, scale, backend, cache_seqlens?)
+* ``hysparse::attention_with_block_scores(q, k, v, block_size, causal, scale, backend, cache_seqlens?)
   -> (out, lse, block_scores)``; differentiable in out and lse (without ``cache_seqlens``), not
   in the scores.
 * ``hysparse::topk_blocks(block_scores, k, block_size, seqlen_k, backend, cache_seqlens?) -> indices``
@@ -33,7 +33,7 @@ _REF = "hysparse_kernels.ops.attention.reference"
 _REFERENCE = {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
-    "attention_block_scores": "attention_with_block_scores",
+    "attention_with_block_scores": "attention_with_block_scores",
     "topk_blocks": "topk_blocks",
     "sparse_attention_fwd": "sparse_attention_fwd",
     "sparse_attention_bwd": "sparse_attention_bwd",
@@ -51,11 +51,11 @@ tuned.register_sources("attention", _REFERENCE, {"tvm": [_HERE / "tvm"], "triton
 # dtype) goes to the reference under auto.
 _TVM = "hysparse_kernels.ops.attention.tvm"
 _TVM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TVM_ACCEPTS = ("attention_block_scores", "sparse_attention_fwd", "attention_decode", "sparse_attention_decode")
+_TVM_ACCEPTS = ("attention_with_block_scores", "sparse_attention_fwd", "attention_decode", "sparse_attention_decode")
 for _op, _fn in {
     "attention_fwd": "attention_fwd",
     "attention_bwd": "attention_bwd",
-    "attention_block_scores": "attention_with_block_scores",
+    "attention_with_block_scores": "attention_with_block_scores",
     "sparse_attention_fwd": "sparse_attention_fwd",
     "sparse_attention_bwd": "sparse_attention_bwd",
     "attention_decode": "attention_decode",
@@ -67,11 +67,11 @@ for _op, _fn in {
 
 _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TRITON_ACCEPTS = ("attention_block_scores", "sparse_attention_fwd", "sparse_attention_bwd", "sparse_attention_decode")
+_TRITON_ACCEPTS = ("attention_with_block_scores", "sparse_attention_fwd", "sparse_attention_bwd", "sparse_attention_decode")
 for _op, _target in {
     "attention_fwd": "attention:attention_fwd",
     "attention_bwd": "attention_bwd:attention_bwd",
-    "attention_block_scores": "attention:attention_with_block_scores",
+    "attention_with_block_scores": "attention:attention_with_block_scores",
     "topk_blocks": "topk_blocks:topk_blocks",
     "sparse_attention_fwd": "sparse_attention:sparse_attention_fwd",
     "sparse_attention_bwd": "sparse_attention_bwd:sparse_attention_bwd",
@@ -177,19 +177,19 @@ def check_lengths(cache_seqlens: Tensor | None, sk: int) -> None:
             raise ValueError(f"cache_seqlens: expected lengths in [0, Sk={sk}], got values in [{lo}, {hi}]")
 
 
-@torch.library.custom_op("hysparse::attention_block_scores", mutates_args=())
-def attention_block_scores(
+@torch.library.custom_op("hysparse::attention_with_block_scores", mutates_args=())
+def attention_with_block_scores(
     q: Tensor, k: Tensor, v: Tensor, block_size: int, causal: bool, scale: float, backend: str,
     cache_seqlens: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     check_lengths(cache_seqlens, k.shape[2])
     out, lse, scores = dispatch.call(
-        "attention_block_scores", backend, q, q, k, v, block_size, causal, scale, cache_seqlens
+        "attention_with_block_scores", backend, q, q, k, v, block_size, causal, scale, cache_seqlens
     )
     return out.contiguous(), lse.contiguous(), scores.contiguous()
 
 
-@attention_block_scores.register_fake
+@attention_with_block_scores.register_fake
 def _(q, k, v, block_size, causal, scale, backend, cache_seqlens=None):
     B, Hq, Sq, _ = q.shape
     nblocks = -(-k.shape[2] // block_size)
@@ -223,7 +223,7 @@ def _block_scores_backward(ctx, dout, dlse, dscores):
     return dq, dk, dv, None, None, None, None, None
 
 
-attention_block_scores.register_autograd(_block_scores_backward, setup_context=_block_scores_setup)
+attention_with_block_scores.register_autograd(_block_scores_backward, setup_context=_block_scores_setup)
 
 
 @torch.library.custom_op("hysparse::topk_blocks", mutates_args=())

@@ -95,7 +95,7 @@ def route(router_logits, *, top_k, scoring="softmax", bias=None, n_group=1, topk
         checks.dim_equal("bias", bias.shape[0], E, "number of experts E (router_logits.shape[1])")
         checks.same_device("bias", bias, "router_logits", router_logits)
     checks.finite_float("scaling", scaling)
-    return ops.moe_route(
+    return ops.route(
         router_logits, top_k, scoring, bias, n_group, topk_group, bool(renormalize), float(scaling), checks.backend_name(backend)
     )
 

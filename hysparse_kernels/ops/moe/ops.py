@@ -5,7 +5,7 @@ no backend: implementations are registered by import path and loaded on first us
 
 Ops (outputs are new tensors; nothing is mutated):
 
-* ``hysparse::moe_route(router_logits, top_k, scoring, bias?, n_group, topk_group, renormalize,
+* ``hysparse::route(router_logits, top_k, scoring, bias?, n_group, topk_group, renormalize,
   scaling, backend) -> (weights, expert_ids)``; differentiable in the weights w.r.t. the logits
   (the ids and the selection bias get no gradient).
 * ``hysparse::moe_permute(x, expert_ids, num_experts, backend) -> (x_sorted, expert_offsets, inverse)``
@@ -29,7 +29,7 @@ from ... import dispatch, tuned
 _PKG = "hysparse_kernels.ops.moe"
 _REF = f"{_PKG}.reference"
 _REFERENCE = {
-    "moe_route": "route",
+    "route": "route",
     "moe_permute": "moe_permute",
     "moe_unpermute": "moe_unpermute",
     "grouped_gemm": "grouped_gemm",
@@ -49,7 +49,7 @@ dispatch.register("moe_fwd", "tvm", f"{_PKG}.tvm.moe:moe")
 dispatch.register("grouped_gemm", "tvm", f"{_PKG}.tvm.moe:grouped_gemm")
 dispatch.register("moe_fwd", "triton", f"{_PKG}.triton.moe:moe")
 dispatch.register("grouped_gemm", "triton", f"{_PKG}.triton.moe:grouped_gemm")
-dispatch.register("moe_route", "triton", f"{_PKG}.triton.route:route")
+dispatch.register("route", "triton", f"{_PKG}.triton.route:route")
 # CUTLASS: 16-bit operands with 16-byte aligned rows; other inputs run on the next backend (Triton).
 dispatch.register("grouped_gemm", "cutlass", f"{_PKG}.cutlass.grouped_gemm:grouped_gemm", dtypes=(torch.bfloat16, torch.float16),
                   accepts=f"{_PKG}.cutlass.grouped_gemm:accepts_grouped_gemm")
@@ -87,19 +87,19 @@ def check_offsets(expert_offsets: Tensor, rows: int) -> None:
 # ---------------------------------------------------------------- routing
 
 
-@torch.library.custom_op("hysparse::moe_route", mutates_args=())
-def moe_route(
+@torch.library.custom_op("hysparse::route", mutates_args=())
+def route(
     router_logits: Tensor, top_k: int, scoring: str, bias: Optional[Tensor], n_group: int, topk_group: int,
     renormalize: bool, scaling: float, backend: str,
 ) -> tuple[Tensor, Tensor]:
     weights, ids = dispatch.call(
-        "moe_route", backend, router_logits.device.type,
+        "route", backend, router_logits.device.type,
         router_logits, top_k, scoring, bias, n_group, topk_group, renormalize, scaling,
     )
     return weights.contiguous(), ids.contiguous()
 
 
-@moe_route.register_fake
+@route.register_fake
 def _(router_logits, top_k, scoring, bias, n_group, topk_group, renormalize, scaling, backend):
     T = router_logits.shape[0]
     return (
@@ -139,7 +139,7 @@ def _route_backward(ctx, dweights, dids):
     return dlogits.to(logits.dtype), None, None, None, None, None, None, None, None
 
 
-moe_route.register_autograd(_route_backward, setup_context=_route_setup)
+route.register_autograd(_route_backward, setup_context=_route_setup)
 
 
 # ---------------------------------------------------------------- permutation

@@ -3,7 +3,7 @@
 One file per op, named after it (the public function; ``_bwd`` for a backward):
 
 * ``attention``: full / sliding-window / sink forward (op ``attention_fwd``) and the HySparse
-  block-score flag (``attention_with_block_scores``, op ``attention_block_scores``).
+  block-score flag (``attention_with_block_scores``, op ``attention_with_block_scores``).
 * ``attention_bwd``: backward of full / sliding-window / sink attention (dq, dk, dv, dsink).
 * ``attention_decode``: split-KV (flash-decoding) over padded caches with per-sequence lengths.
 * ``sparse_attention``: sparse attention over selected blocks of a shared cache (prefill, op

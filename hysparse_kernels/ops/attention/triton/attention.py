@@ -211,7 +211,7 @@ def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, Hq, Sq, Dqk = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    op = "attention_fwd" if block_size is None else "attention_block_scores"
+    op = "attention_fwd" if block_size is None else "attention_with_block_scores"
 
     def run(cfg):
         block_n = cfg.block_n

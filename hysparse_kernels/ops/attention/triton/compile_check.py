@@ -73,7 +73,7 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
     else:  # one compile that switches every code path on: window, sink and the block-score pass
         fwd_cases = [(128, 128, True, 1024, True, 64)]
     for dqk, dv, causal, window, sink, bs in fwd_cases:
-        op = "attention_fwd" if bs is None else "attention_block_scores"
+        op = "attention_fwd" if bs is None else "attention_with_block_scores"
         cfg = default_config(op, {"dqk": dqk, "dv": dv, "sk": 16384})
         specs.append(KernelSpec(
             f"attn_fwd-d{dqk}v{dv}-{'causal' if causal else 'full'}{'-w' if window else ''}{'-sink' if sink else ''}"

@@ -83,7 +83,7 @@ def check_dtype(name: str, t: torch.Tensor) -> None:
 
 
 def _cuda_default(op: str, dmax: int, sk: int) -> Config:
-    if op in ("attention_fwd", "attention_block_scores"):
+    if op in ("attention_fwd", "attention_with_block_scores"):
         if dmax > 128:
             # 64x64, 4 warps: large head dims (Dqk = 192/256) where 128 rows spill.
             return Config(64, 64, 4, 2)

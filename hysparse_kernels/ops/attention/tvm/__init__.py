@@ -4,16 +4,19 @@ Implementations registered as backend ``"tvm"`` (signatures fixed by ``reference
 ``attention_fwd``, ``attention_with_block_scores``, ``sparse_attention_fwd``, ``attention_decode``,
 ``sparse_attention_decode``, and ``attention_bwd`` / ``sparse_attention_bwd``.
 
-* Kernels: ``dense.py`` (prefill: full causal, windows above ``launch.SWA_MAX_WINDOW``, sink,
-  block scores), ``swa.py`` (sliding-window prefill: one band of keys per query block, one exact
-  softmax), ``rows.py`` (decode and sparse attention) and ``backward.py``; launchers in
+* Kernels, one file per op as the Triton backend names them: ``attention.py`` (prefill of
+  ``attention_fwd`` and ``attention_with_block_scores``: full causal, windows above
+  ``launch.SWA_MAX_WINDOW``, sink, block scores), ``attention_swa.py`` (sliding-window prefill of
+  ``attention_fwd``: one band of keys per query block, one exact softmax), ``sparse_attention.py``
+  (few query rows against selected KV tiles: ``sparse_attention_fwd``, ``sparse_attention_decode``,
+  and ``attention_decode`` as every tile selected) and ``attention_bwd.py``; launchers in
   ``launch.py``, ``launch_swa.py`` and ``launch_bwd.py``.
 * Tensors cross into TVM through DLPack without copies: inputs are passed as they are (made
   contiguous only if they are not), outputs are ``torch.empty`` tensors the kernels write into.
 * dtypes: float32, bfloat16 and float16 run in the kernels with fp32 accumulation; the ops are
   registered for these dtypes only, so under auto **float64 inputs run on the reference path**
   (the kernels are single precision by design; float64 is the accuracy oracle's dtype).
-* Backward: ``backward.py`` (one kernel for dense, sliding-window and sparse attention: per KV
+* Backward: ``attention_bwd.py`` (one kernel for dense, sliding-window and sparse attention: per KV
   block, the queries that see it; dK / dV per block, dQ accumulated per task), launched by
   ``launch_bwd.py``. Work is proportional to the visible (query, key) pairs.
 

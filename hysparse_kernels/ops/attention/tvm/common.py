@@ -1,6 +1,6 @@
 """Shared pieces of the TVM attention kernels: a vectorisable exp, constants, tile sizes.
 
-Nothing here is a kernel by itself; ``dense.py`` and ``rows.py`` build TensorIR from these.
+Nothing here is a kernel by itself; ``attention.py`` and ``sparse_attention.py`` build TensorIR from these.
 """
 
 from __future__ import annotations

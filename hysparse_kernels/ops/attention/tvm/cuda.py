@@ -62,8 +62,8 @@ def emit_cuda(kernel: str, *, arch: str = "sm_90a", **params) -> str:
     import tvm
 
     from ....backends.tvm import cuda_target
-    from .dense import build_dense
-    from .rows import build_rows
+    from .attention import build_dense
+    from .sparse_attention import build_rows
 
     builders = {"dense": build_dense, "rows": build_rows}
     if kernel not in builders:

@@ -17,7 +17,7 @@ def _source_hash() -> str:
     """Hash of the TensorIR sources of the prefill/decode/sparse kernels (build-cache key)."""
     here = pathlib.Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("common.py", "dense.py", "rows.py"):
+    for name in ("common.py", "attention.py", "sparse_attention.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 

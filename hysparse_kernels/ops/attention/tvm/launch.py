@@ -33,7 +33,7 @@ SMALL_WINDOW, WINDOW_TILE = 256, 32
 LONG_KV, LONG_TILE = 2048, 128
 # attention_fwd with at most this many causal queries runs the decode kernel (no K^T pass).
 FEW_QUERIES = 8
-# Sliding windows up to this size run the band kernel (swa.py); larger ones the dense kernel.
+# Sliding windows up to this size run the band kernel (attention_swa.py); larger ones the dense kernel.
 SWA_MAX_WINDOW = 512
 
 
@@ -73,12 +73,12 @@ def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, 
                 block_scores=block_size is not None)
 
     def build():
-        from .dense import build_dense
+        from .attention import build_dense
 
         return build_dense(dqk=dqk, dv=dv, group=group, bm=spec["bm"], bn=bn, dtype=dtype, causal=spec["causal"],
                            has_window=spec["window"], has_sink=spec["sink"], block_scores=spec["block_scores"])
 
-    op = "attention_block_scores" if block_size is not None else "attention_fwd"
+    op = "attention_with_block_scores" if block_size is not None else "attention_fwd"
     return get_module(op, spec, build, cpu_target_spec(), source=_source_hash(), required=("prep", "main")), spec
 
 
@@ -87,7 +87,7 @@ def _rows_module(op, dqk, dv, group, dtype, bn, sparse, window, sink):
                 window=window is not None, sink=sink is not None)
 
     def build():
-        from .rows import build_rows
+        from .sparse_attention import build_rows
 
         return build_rows(dqk=dqk, dv=dv, group=group, bn=bn, dtype=dtype, sparse=spec["sparse"],
                           has_window=spec["window"], has_sink=spec["sink"])
@@ -159,7 +159,7 @@ def attention_fwd(q, k, v, sink, causal, window, scale):
     q ``[B, Hq, Sq, Dqk]``, k ``[B, Hkv, Sk, Dqk]``, v ``[B, Hkv, Sk, Dv]`` -> out
     ``[B, Hq, Sq, Dv]`` (q's dtype), lse ``[B, Hq, Sq]`` float32. float64 runs the reference.
     A causal call with at most ``FEW_QUERIES`` queries runs the decode kernel; a window up to
-    ``SWA_MAX_WINDOW`` keys the band kernel (``swa.py``); the rest the dense kernel.
+    ``SWA_MAX_WINDOW`` keys the band kernel (``attention_swa.py``); the rest the dense kernel.
 
     Example::
 
@@ -192,7 +192,7 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlen
     ``(out, lse, block_scores)``.
     """
     group = q.shape[1] // k.shape[1]
-    return _tuned("attention_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
+    return _tuned("attention_with_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
                   lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size}),
                   block_size=block_size)
 
@@ -251,12 +251,31 @@ def accepts_sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices,
 
 # ---------------------------------------------------------------- the autotuner's entry points
 
+TUNABLE = ("attention_fwd", "attention_decode", "attention_with_block_scores")
+_KV_TILES = (16, 32, 64, 128)
+
+
+def search_space(op: str, shape: dict, dtype: str, device) -> list[list[dict]]:
+    """One group of configs for ``op``: ``rows`` (query rows of a dense task, at least the GQA
+    group) x ``kv_tile`` (keys per tile) for the prefill, ``rows`` alone for the block scores
+    (the KV tile is the block), ``kv_tile`` alone for decode (and prefills of few queries)."""
+    if op not in TUNABLE:
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    group = int(shape.get("group") or int(shape.get("q_heads", 1)) // max(1, int(shape.get("kv_heads", 1))))
+    if op == "attention_decode" or (op == "attention_fwd" and int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES):
+        return [[{"kv_tile": t} for t in _KV_TILES + (256,)]]
+    rows = [r for r in (16, 32, 64, 128) if r >= group]
+    if op == "attention_with_block_scores":
+        return [[{"rows": r} for r in rows]]
+    return [[{"rows": r, "kv_tile": t} for r in rows for t in _KV_TILES]]
+
+
 
 def heuristic_config(op: str, shape: dict) -> dict:
     """The config ``op`` runs for a cache-named ``shape`` without a tuned entry (the tuner's baseline)."""
     window = shape.get("window")
     group = int(shape.get("group") or int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1)))
-    if op == "attention_block_scores":
+    if op == "attention_with_block_scores":
         return {"rows": group * dense_queries_per_task(group)}
     dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES)
     return _heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
@@ -266,7 +285,7 @@ def run_with_config(op: str, config: dict, q, k, v, *, window=None, block_size=N
     """Run the kernel of ``op`` (causal, no sink, full caches for decode) on exactly ``config``,
     bypassing the tuned-config cache: the autotuner times candidates this way."""
     scale = q.shape[-1] ** -0.5
-    if op == "attention_block_scores":
+    if op == "attention_with_block_scores":
         bs = int(block_size)
         return _run_dense(q, k, v, None, True, None, scale, bs, {**config, "kv_tile": bs})
     if op == "attention_decode" or q.shape[2] <= FEW_QUERIES:

@@ -1,4 +1,4 @@
-"""Launchers of the attention backward on the CPU (TVM, ``backward.py``): ``attention_bwd`` and
+"""Launchers of the attention backward on the CPU (TVM, ``attention_bwd.py``): ``attention_bwd`` and
 ``sparse_attention_bwd``, registered as backend ``"tvm"`` for float32, bfloat16 and float16
 (float64 runs the reference under auto: the kernels are single precision by design).
 
@@ -43,7 +43,7 @@ def _bwd_module(dqk, dv, group, bm, bn, dtype, causal, window, sparse):
                 window=window is not None, sparse=bool(sparse))
 
     def build():
-        from .backward import build_backward
+        from .attention_bwd import build_backward
 
         return build_backward(dqk=dqk, dv=dv, group=group, bm=bm, bn=bn, dtype=dtype, causal=spec["causal"],
                               has_window=spec["window"], sparse=spec["sparse"])
@@ -56,7 +56,7 @@ def _bwd_source_hash() -> str:
     import hashlib
     import pathlib
 
-    return hashlib.sha256((pathlib.Path(__file__).parent / "backward.py").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((pathlib.Path(__file__).parent / "attention_bwd.py").read_bytes()).hexdigest()[:16]
 
 
 def query_lists(indices: torch.Tensor, seqlen_k: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Launcher of the sliding-window prefill kernel (``swa.py``), used by ``launch.attention_fwd`` for
+"""Launcher of the sliding-window prefill kernel (``attention_swa.py``), used by ``launch.attention_fwd`` for
 windows up to ``launch.SWA_MAX_WINDOW``: one band of keys per query block, one exact softmax."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ SWA_ROWS = 24
 
 @lru_cache(maxsize=1)
 def _swa_source_hash() -> str:
-    return hashlib.sha256((pathlib.Path(__file__).parent / "swa.py").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((pathlib.Path(__file__).parent / "attention_swa.py").read_bytes()).hexdigest()[:16]
 
 
 def swa_queries_per_block(group: int) -> int:
@@ -35,7 +35,7 @@ def _kt_chunks(sk: int, span: int) -> int:
 def run_swa(q, k, v, sink, window: int, scale: float):
     """Causal sliding-window attention (``window`` keys, sink optional): ``(out, lse)`` in the
     layout of ``attention_fwd``. float32 / bfloat16 / float16."""
-    from .swa import band_width, build_swa
+    from .attention_swa import band_width, build_swa
 
     B, Hq, Sq, Dqk = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[-1]

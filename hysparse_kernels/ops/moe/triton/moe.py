@@ -188,6 +188,28 @@ def heuristic_config(op: str, shape: dict) -> dict:
             "down_block_n": _block_n(D), "down_block_k": _block_k(inter)}
 
 
+TUNABLE = ("moe_fwd",)
+_STAGES = 3  # Triton's default software pipelining depth on sm_80+: the kernels launch with it
+
+
+def search_space(op: str, shape: dict, dtype: str, device) -> list[list[dict]]:
+    """Three groups walked in order: ``block_m`` (rows per block), the gate/up GEMM's N / K tiles,
+    the down GEMM's N / K tiles. Tiles are powers of two from 16 up to the dimension they cover
+    (at most 128); a (block_m, N, K) triple whose ``_STAGES`` buffered operand tiles exceed
+    ``device.smem_per_block`` (when the device states it) is dropped."""
+    if op not in TUNABLE:
+        raise KeyError(f"op: no triton tuning entry for {op!r}")
+    D, inter = int(shape["hidden"]), int(shape["intermediate"])
+    elem = 4 if str(shape.get("dtype", dtype)).endswith("32") else 2
+    smem = getattr(device, "smem_per_block", 0) or None  # 0: not stated
+    tiles = lambda n: [t for t in (16, 32, 64, 128) if t <= max(16, triton.next_power_of_2(n))]  # noqa: E731
+    bm = int(heuristic_config(op, shape)["block_m"])
+    fit = lambda m, n, k: smem is None or _STAGES * elem * (m * k + k * n) <= smem  # noqa: E731
+    return [[{"block_m": m} for m in (16, 32, 64, 128)],
+            [{"gate_up_block_n": n, "gate_up_block_k": k} for n in tiles(inter) for k in tiles(D) if fit(bm, n, k)],
+            [{"down_block_n": n, "down_block_k": k} for n in tiles(D) for k in tiles(inter) if fit(bm, n, k)]]
+
+
 def moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_ids: Tensor) -> Tensor:
     """The routed expert MLP (see ``api.moe``): gate/up kernel with fused gather and SiLU-and-mul,
     down kernel with the weighted un-permute in its epilogue, then a [T, k, D] sum. Tiles: the

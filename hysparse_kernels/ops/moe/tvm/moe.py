@@ -284,6 +284,32 @@ def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offset
 
 # ---------------------------------------------------------------- the autotuner's entry points
 
+TUNABLE = ("moe_fwd",)
+
+
+def register_tiles(gate_up: bool, registers: int) -> list[tuple[int, int]]:
+    """(MR, NR) register tiles whose accumulators (x2 for gate/up) plus W and X vectors fit in
+    ``registers`` vector registers."""
+    out = []
+    for mr in (1, 2, 4):
+        for nr in (1, 2, 4):
+            need = mr * nr * (2 if gate_up else 1) + nr * (2 if gate_up else 1) + mr
+            if need <= registers:
+                out.append((mr, nr))
+    return out
+
+
+def search_space(op: str, shape: dict, dtype: str, device) -> list[list[dict]]:
+    """Three groups walked in order: the gate/up register tile, the down register tile (both
+    fitting ``device.vector_registers``, 16 when unknown), then the L2 row tile ``mt``."""
+    if op not in TUNABLE:
+        raise KeyError(f"op: no tvm tuning entry for {op!r}")
+    regs = getattr(device, "vector_registers", None) or 16
+    return [[{"gate_up_mr": m, "gate_up_nr": n} for m, n in register_tiles(True, regs)],
+            [{"down_mr": m, "down_nr": n} for m, n in register_tiles(False, regs)],
+            [{"mt": t} for t in (32, 64, 128, 256)]]
+
+
 
 def heuristic_config(op: str, shape: dict) -> dict:
     """The config ``moe_fwd`` runs without a tuned entry (the tuner's baseline)."""
