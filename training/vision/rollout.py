@@ -165,30 +165,16 @@ def generate(model, episodes: list, limits: Limits, temperature: float = 1.0,
 
 
 def collate(rollouts: list[VRollout], pad: int) -> dict:
-    """Training tensors: ``input_ids [N, T]`` (prompt + response, right-padded), ``images``
-    ``[M, 3, px, px]`` (every rollout's images in order: the placeholder order of ``input_ids``),
-    ``prompt_lens [N]``, ``response [N, L]``, ``response_mask [N, L]`` (1 on model tokens),
-    ``old_logprobs [N, L]`` (float64) and ``turn_ids [N, L]`` (-1 on padding)."""
-    N = len(rollouts)
-    L = max(1, max(len(r.tokens) for r in rollouts))
-    T = max(len(r.prompt) + len(r.tokens) for r in rollouts)
-    input_ids = torch.full((N, T), pad, dtype=torch.long)
-    response = torch.full((N, L), pad, dtype=torch.long)
-    mask = torch.zeros(N, L)
-    old = torch.zeros(N, L, dtype=torch.float64)
-    turn = torch.full((N, L), -1, dtype=torch.long)
-    for i, r in enumerate(rollouts):
-        seq = r.prompt + r.tokens
-        input_ids[i, :len(seq)] = torch.tensor(seq)
-        k = len(r.tokens)
-        if k:
-            response[i, :k] = torch.tensor(r.tokens)
-            mask[i, :k] = torch.tensor(r.mask, dtype=torch.float32)
-            old[i, :k] = torch.tensor(r.logprobs, dtype=torch.float64)
-            turn[i, :k] = torch.tensor(r.turn)
-    return {"input_ids": input_ids, "images": image_tensor([im for r in rollouts for im in r.images]),
-            "prompt_lens": torch.tensor([len(r.prompt) for r in rollouts]), "response": response,
-            "response_mask": mask, "old_logprobs": old, "turn_ids": turn}
+    """Training tensors: the RL core's (``rl.rollout.collate``: ``input_ids [N, T]`` prompt +
+    response right-padded, ``prompt_lens [N]``, ``response [N, L]``, ``response_mask [N, L]`` (1 on
+    model tokens), ``token_mask [N, L]``, ``old_logprobs [N, L]`` (float64), ``turn_ids [N, L]`` (-1
+    on padding)) plus ``images [M, 3, px, px]``: every rollout's images in order, the placeholder
+    order of ``input_ids``."""
+    from ..rl.rollout import collate as collate_tokens
+
+    out = collate_tokens(rollouts, pad)
+    out["images"] = image_tensor([im for r in rollouts for im in r.images])
+    return out
 
 
 def response_logprobs(model, batch: dict, temperature: float = 1.0, *, with_entropy: bool = False):
