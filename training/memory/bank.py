@@ -134,15 +134,7 @@ class ExperienceBank:
 
         d = Path(directory)
         jpath, tpath = d / "bank.json", d / "embeddings.safetensors"
-        try:
-            meta = json.loads(jpath.read_text())
-        except OSError as e:
-            raise BankError(f"{jpath}: cannot read the bank ({e.strerror or e})") from None
-        except ValueError as e:
-            raise BankError(f"{jpath}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise BankError(f"{jpath}: expected an experience bank (format {FORMAT!r}), got format {got!r}")
+        meta = read_json(jpath, "the bank", "an experience bank", FORMAT)
         if meta.get("version") != VERSION:
             raise BankError(f"{jpath}: expected bank version {VERSION}, got {meta.get('version')!r}")
         encoder = getattr(embed, "name", "custom")
@@ -167,6 +159,22 @@ class ExperienceBank:
 
 def _normalise(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def read_json(path: Path, what: str, kind: str, fmt: str) -> dict:
+    """The JSON object at ``path`` whose ``format`` is ``fmt``; a ``BankError`` naming the file
+    when it cannot be read, is not JSON, or is another format (``what``/``kind`` word the message:
+    "cannot read {what}", "expected {kind} (format ...)")."""
+    try:
+        value = json.loads(path.read_text())
+    except OSError as e:
+        raise BankError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except ValueError as e:
+        raise BankError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict) or value.get("format") != fmt:
+        got = value.get("format") if isinstance(value, dict) else type(value).__name__
+        raise BankError(f"{path}: expected {kind} (format {fmt!r}), got format {got!r}")
+    return value
 
 
 def _write_json(path: Path, value) -> None:

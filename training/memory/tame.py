@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from .bank import BankError, Entry, ExperienceBank, _write_json
+from .bank import BankError, Entry, ExperienceBank, _write_json, read_json
 from .trust_bench import REFUSE, Final, Outcome, StreamItem, final_from_text
 
 STRATEGIES = ("direct", "retry", "persist", "abstain", "refuse")
@@ -206,15 +206,7 @@ class ValueMemory:
         d = Path(directory)
         bank = ExperienceBank.load(d, self.bank.embed)
         path = d / "values.json"
-        try:
-            v = json.loads(path.read_text())
-        except OSError as e:
-            raise BankError(f"{path}: cannot read the values ({e.strerror or e})") from None
-        except ValueError as e:
-            raise BankError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(v, dict) or v.get("format") != VALUES_FORMAT:
-            got = v.get("format") if isinstance(v, dict) else type(v).__name__
-            raise BankError(f"{path}: expected TAME values (format {VALUES_FORMAT!r}), got format {got!r}")
+        v = read_json(path, "the values", "TAME values", VALUES_FORMAT)
         if v.get("actions") != list(self.actions):
             raise BankError(f"{path}: expected actions {list(self.actions)}, got {v.get('actions')!r}")
         q, meta = v.get("q"), v.get("meta")
