@@ -1,23 +1,29 @@
 """Long-context retrieval at tiny scale: HySparse vs full attention vs hybrid SWA (the HySparse
 paper: RULER at 32K, 89.3 HySparse, 88.2 full attention, 84.2 hybrid SWA, 7B models).
 
-    python bench/fidelity/retrieval.py [--seeds 0 1 2] [--steps 400] [--batch 16] [--context 256]
-        [--keys 6] [--queries 3] [--distractors 2] [--eval-contexts 256 512] [--out bench/out/fidelity/retrieval]
+    python bench/fidelity/retrieval.py [--seeds 0 1 2] [--steps 1500] [--copy-steps 0] [--batch 16]
+        [--context 96] [--keys 4] [--queries 2] [--distractors 1] [--eval-contexts 96 192 384]
+        [--models hysparse hybrid-swa full] [--out bench/out/fidelity/retrieval]
+    python bench/fidelity/retrieval.py --combine DIR [DIR ...] --out OUT   # one table from several runs
 
-A RULER-like task made of the demo corpus's lines (byte tokens): ``--keys`` lines ``key abcd =
-1234`` planted at random depths of ``--context`` tokens of filler, ``--distractors`` of them with
-a key one letter away from a queried key, then ``--queries`` lines ``? abcd =`` each followed by
-its 4-digit value. Training loss: next-token CE over the whole sequence plus the CE of the value
-digits of the queries. Accuracy: a query counts when all 4 digits are the arg-max predictions
-(teacher-forced, equal to greedy decoding of the 4 digits), reported by the depth of the queried
-key (quarters of the context) and by context length, including lengths longer than trained.
+A RULER-like task (byte tokens): ``--keys`` lines ``key XY12`` (``--key-len`` capital letters,
+``--value-len`` digits) planted at random depths of ``--context`` tokens of RULER's noise
+sentences (``--filler noise``, lower case) or the demo corpus's lines, ``--distractors`` of them
+with a key one letter away from a queried key, then ``--queries`` lines ``? XY`` each followed by
+its value. Training loss: next-token CE over the whole sequence plus the CE of the value digits.
+``--copy-steps`` first trains on copy sequences alone (a random string written twice), then
+``--copy-fraction`` of every batch stays a copy sequence: the induction a from-scratch tiny model
+needs before it can look a key up. Accuracy: a query counts when all value digits are the arg-max
+predictions (teacher-forced, equal to greedy decoding of the digits), reported by the depth of the
+queried key (quarters of the context) and by context length, including lengths longer than trained.
 
 Three models from the zoo's `tiny-hysparse-7b` graph (8 layers, width 64, 4 query / 2 KV heads):
 the HySparse model itself (full layers 0, 4, 7; the others sparse top-2 of 16-token blocks with a
 16-token SWA branch), its hybrid-SWA twin (`ir.hybrid_swa_twin`, window 16: full layers 0, 6, 7)
-and its full-attention twin. Their parameter counts are printed (the sparse layers' gates and
-sinks are the only difference); the KV bytes per token at the longest evaluated context come
-from `ir.kv_plan`. Same data, initial weights of shared parameters, and steps per seed.
+and its full-attention twin; ``hybrid-swa-nosink`` (the hybrid-SWA twin without sinks) is the
+sink experiment's control. Their parameter counts are printed (the sparse layers' gates and sinks
+are the only difference); the KV bytes per token at the longest evaluated context come from
+`ir.kv_plan`. Same data, initial weights of shared parameters, and steps per seed.
 
 Writes ``table.md``, ``result.json`` and ``accuracy.png`` under ``--out``.
 """
@@ -232,6 +238,67 @@ def plot(results, contexts, path: Path) -> None:
     plt.close(fig)
 
 
+def report(results: list[dict], setting: dict, out: Path) -> str:
+    """Write ``table.md``, ``result.json`` and ``accuracy.png`` of ``results`` (one dict per trained
+    model and seed) under ``out``; return the table."""
+    contexts = list(setting["eval_contexts"])
+    models = list(dict.fromkeys(r["model"] for r in results))
+    seeds = sorted({r["seed"] for r in results})
+    longest = max(contexts)
+    copy = f" (the first {setting['copy_steps']} on copy sequences alone)" if setting.get("copy_steps") else ""
+    lines_out = [f"{setting['steps']} steps{copy} x {setting['batch']} sequences of {setting['context']} filler tokens, {setting['keys']} keys, "
+                 f"{setting['queries']} queries, {setting['distractors']} distractors; seeds {seeds}; mean ± spread (per seed)", "",
+                 "| model | parameters | KV bytes/token at " + str(longest) + " (fp32) | final loss | "
+                 + " | ".join(f"accuracy @ {c}" for c in contexts) + " |",
+                 "|---|---|---|---|" + "---|" * len(contexts)]
+    for name in models:
+        rs = [r for r in results if r["model"] == name]
+        kv = kv_plan(graphs()[name], 1, longest, "float32").total_bytes / longest
+        lines_out.append(f"| {name} | {rs[0]['params']:,} | {kv:,.0f} | {_ms([statistics.fmean(r['curve'][-20:]) for r in rs])} | "
+                         + " | ".join(_ms([r["accuracy"][c] for r in rs]) for c in contexts) + " |")
+    lines_out += ["", "accuracy by depth of the key (quarters), mean over seeds:", "",
+                  "| model | context | 0-25% | 25-50% | 50-75% | 75-100% |", "|---|---|---|---|---|---|"]
+    for name in models:
+        for c in contexts:
+            rows = [r["by_depth"][c] for r in results if r["model"] == name]
+            cells = [statistics.fmean(v[q] for v in rows) for q in range(4)]
+            lines_out.append(f"| {name} | {c} | " + " | ".join(f"{x:.2f}" for x in cells) + " |")
+    table = "\n".join(lines_out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    (out / "result.json").write_text(json.dumps({"args": setting, "runs": results}, indent=2))
+    plot(results, contexts, out / "accuracy.png")
+    print(table)
+    return table
+
+
+# settings that may differ between runs put in one table (the rest must agree)
+_PER_RUN = ("seeds", "models", "out", "combine", "log_every", "threads")
+
+
+def combine(dirs: list[Path]) -> tuple[dict, list[dict]]:
+    """The common setting and all runs of several ``result.json`` files (e.g. one per model and
+    seed, trained as separate processes). Raises ``ValueError`` naming the directory whose file is
+    missing or whose training setting differs from the first's."""
+    setting, results = None, []
+    for d in dirs:
+        path = d / "result.json"
+        if not path.is_file():
+            raise ValueError(f"--combine: expected {path} (a run directory of this script), found no such file")
+        data = json.loads(path.read_text())
+        own = {k: v for k, v in data["args"].items() if k not in _PER_RUN}
+        if setting is None:
+            setting = own
+        elif own != setting:
+            diff = sorted(k for k in own.keys() | setting.keys() if own.get(k) != setting.get(k))
+            raise ValueError(f"--combine: {d} was trained with other settings than {dirs[0]} ({', '.join(diff)})")
+        for r in data["runs"]:  # JSON made the context keys strings
+            r["accuracy"] = {int(c): v for c, v in r["accuracy"].items()}
+            r["by_depth"] = {int(c): v for c, v in r["by_depth"].items()}
+            results.append(r)
+    return setting, results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -256,7 +323,16 @@ def main(argv=None) -> int:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest)")
     ap.add_argument("--out", default="bench/out/fidelity/retrieval")
+    ap.add_argument("--combine", nargs="+", metavar="DIR", default=None,
+                    help="train nothing: one table of the result.json files under these run directories")
     args = ap.parse_args(argv)
+    if args.combine:
+        try:
+            setting, results = combine([Path(d) for d in args.combine])
+        except ValueError as e:
+            ap.error(str(e))
+        report(results, setting, Path(args.out))
+        return 0
     if not 1 <= args.queries <= args.keys or args.distractors > args.queries or args.steps < 1 or args.context < 16:
         ap.error(f"expected 1 <= --queries <= --keys, --distractors <= --queries, --steps >= 1, --context >= 16; got "
                  f"{args.queries}, {args.keys}, {args.distractors}, {args.steps}, {args.context}")
@@ -272,31 +348,7 @@ def main(argv=None) -> int:
             r = results[-1]
             print(f"seed {seed} {name}: loss {statistics.fmean(r['curve'][-20:]):.3f}, accuracy {r['accuracy']}",
                   flush=True)
-    longest = max(args.eval_contexts)
-    lines_out = [f"{args.steps} steps x {args.batch} sequences of {args.context} filler tokens, {args.keys} keys, "
-                 f"{args.queries} queries, {args.distractors} distractors; seeds {args.seeds}; mean ± spread (per seed)", "",
-                 "| model | parameters | KV bytes/token at " + str(longest) + " (fp32) | final loss | "
-                 + " | ".join(f"accuracy @ {c}" for c in args.eval_contexts) + " |",
-                 "|---|---|---|---|" + "---|" * len(args.eval_contexts)]
-    for name in args.models:
-        rs = [r for r in results if r["model"] == name]
-        kv = kv_plan(graphs()[name], 1, longest, "float32").total_bytes / longest
-        lines_out.append(f"| {name} | {rs[0]['params']:,} | {kv:,.0f} | {_ms([statistics.fmean(r['curve'][-20:]) for r in rs])} | "
-                         + " | ".join(_ms([r["accuracy"][c] for r in rs]) for c in args.eval_contexts) + " |")
-    lines_out += ["", "accuracy by depth of the key (quarters), mean over seeds:", "",
-                  "| model | context | 0-25% | 25-50% | 50-75% | 75-100% |", "|---|---|---|---|---|---|"]
-    for name in args.models:
-        for c in args.eval_contexts:
-            rows = [r["by_depth"][c] for r in results if r["model"] == name]
-            cells = [statistics.fmean(v[q] for v in rows) for q in range(4)]
-            lines_out.append(f"| {name} | {c} | " + " | ".join(f"{x:.2f}" for x in cells) + " |")
-    table = "\n".join(lines_out)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table + "\n")
-    (out / "result.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=2))
-    plot(results, args.eval_contexts, out / "accuracy.png")
-    print(table)
+    report(results, vars(args), Path(args.out))
     return 0
 
 

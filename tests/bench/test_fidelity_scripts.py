@@ -108,3 +108,32 @@ def test_retrieval_runs_at_a_minimal_size(tmp_path):
     for r in result["runs"]:
         assert len(r["curve"]) == 3 and all(0.0 <= r["accuracy"][c] <= 1.0 for c in ("32", "64"))
     assert (tmp_path / "accuracy.png").stat().st_size > 0 and "| hysparse |" in (tmp_path / "table.md").read_text()
+
+
+def _fake_run(directory, model, seed, setting, acc):
+    directory.mkdir(parents=True)
+    run = {"model": model, "seed": seed, "curve": [3.0, 2.0], "answer_curve": [2.3, 2.2], "params": 10,
+           "accuracy": {"96": acc, "192": acc / 2}, "by_depth": {"96": [acc] * 4, "192": [acc / 2] * 4}}
+    (directory / "result.json").write_text(json.dumps({"args": {**setting, "seeds": [seed], "models": [model]},
+                                                       "runs": [run]}))
+
+
+def test_retrieval_combines_separate_runs_into_one_table(tmp_path):
+    """Runs trained as separate processes (one model and seed each) make one table; a run with
+    another training setting, or a directory without a result, is refused by name."""
+    mod = _load("retrieval")
+    setting = {"steps": 20, "copy_steps": 10, "batch": 2, "context": 32, "keys": 4, "queries": 2, "distractors": 1,
+               "eval_contexts": [96, 192], "lr": 1e-3}
+    for model, seed, acc in [("hysparse", 0, 0.5), ("hysparse", 1, 0.7), ("full", 0, 0.25)]:
+        _fake_run(tmp_path / f"{model}{seed}", model, seed, setting, acc)
+    dirs = [tmp_path / "hysparse0", tmp_path / "hysparse1", tmp_path / "full0"]
+    assert mod.main(["--combine", *map(str, dirs), "--out", str(tmp_path / "all")]) == 0
+    table = (tmp_path / "all" / "table.md").read_text()
+    assert "the first 10 on copy sequences alone" in table
+    assert "| hysparse |" in table and "0.600 ± 0.100 (0.50, 0.70)" in table  # mean ± spread of the two seeds
+    assert "| full | 192 | 0.12 | 0.12 | 0.12 | 0.12 |" in table
+    _fake_run(tmp_path / "other", "full", 1, {**setting, "lr": 3e-3}, 0.1)
+    with pytest.raises(ValueError, match=r"other.*\(lr\)"):
+        mod.combine([dirs[0], tmp_path / "other"])
+    with pytest.raises(ValueError, match="result.json"):
+        mod.combine([tmp_path / "missing"])
