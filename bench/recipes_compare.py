@@ -7,6 +7,9 @@
     python bench/recipes_compare.py tool_grpo [--seeds 0 1 2] [--out bench/out/recipes] [--run]
     python bench/recipes_compare.py mopd    [--seeds 0 1 2] [--out bench/out/recipes] [--run] [--ablation]
 
+The ``grpo`` arm of every comparison runs ``grpo --quick --set prompts_per_step=16``: the batch of
+the other recipes' ``--quick`` (``grpo --quick`` alone takes 32 prompts per step).
+
 ``faithrl``: ``faithrl --quick`` vs ``grpo --quick`` on lookup (run directories
 ``{recipe}-lookup-quick-s{seed}``; ``--run`` trains the missing ones one after the other, as a
 user would, with ``--threads 1``). Both arms are judged by the same function: held-out accuracy,
@@ -48,6 +51,8 @@ def run_recipe(name: str, seed: int, out: Path, task: str | None, init: str | No
     cmd = [sys.executable, "-m", "hysparse_kernels.cli", "recipe", "run", name, "--quick", "--seed", str(seed),
            "--out", str(out), "--no-progress", "--threads", "1"] + (["--task", task] if task else [])
     cmd += ["--init-from", init] if init else []
+    if name == "grpo":  # the baseline arm takes the other recipes' --quick batch, not grpo's own (32 prompts)
+        cmd += ["--set", "prompts_per_step=16"]
     print("$", " ".join(["hysparse", *cmd[3:]]), flush=True)
     subprocess.run(cmd, check=True)
 

@@ -144,7 +144,12 @@ def test_set_overrides_typed_fields_after_quick_and_names_bad_input():
                               "--set", "eval_split=dev", "--set", "dual_clip=none", "--set", "dynamic_sampling=true"])
     cfg = cli.build_config(get_recipe("grpo"), args)
     assert (cfg.lr, cfg.kl_coef, cfg.eval_split, cfg.dual_clip, cfg.dynamic_sampling) == (1e-3, 0.0, "dev", None, True)
-    assert cfg.steps == 45  # --quick still applies underneath
+    assert cfg.steps == 45 and cfg.prompts_per_step == 32  # --quick (grpo's own batch) still applies underneath
+    other = cli.build_config(get_recipe("faithrl"), parser.parse_args(["run", "faithrl", "--out", "x", "--quick"]))
+    assert other.prompts_per_step == 16  # the other recipes keep the shared --quick batch
+    pinned = cli.build_config(get_recipe("grpo"), parser.parse_args(["run", "grpo", "--out", "x", "--quick", "--set",
+                                                                     "prompts_per_step=16"]))
+    assert pinned.prompts_per_step == 16 and pinned.steps == 45  # recipes_compare's like-for-like grpo arm
     assert cli.parse_settings(["group-size=4"]) == {"group_size": 4}
     for bad, message in ((["lr"], "expected KEY=VALUE"), (["no_such=1"], "expected a field of RLConfig"),
                          (["steps=many"], "--set steps: expected a value of type int"),
