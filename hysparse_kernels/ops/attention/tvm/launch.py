@@ -22,6 +22,12 @@ def dense_queries_per_task(group: int) -> int:
         if (group * bm) % 6 == 0:
             return bm
     return top
+def scores_rows(group: int, seq_q: int) -> int:
+    """Query rows of a block-score task: as the prefill, but no more queries than there are (a
+    decode step of one query per sequence then computes ``group`` rows, not ``DENSE_ROWS``)."""
+    return group * max(1, min(dense_queries_per_task(group), seq_q))
+
+
 # The KV tile of prefill and decode. Block scores and sparse attention use the block size.
 KV_TILE = 64
 # Sliding windows up to this size use half tiles: a query block then computes fewer masked
@@ -195,7 +201,7 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlen
     blocks past a sequence's keys score 0). Returns ``(out, lse, block_scores)``.
     """
     group = q.shape[1] // k.shape[1]
-    return _tuned("attention_with_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
+    return _tuned("attention_with_block_scores", q, k, v, None, {"rows": scores_rows(group, q.shape[2])},
                   lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size},
                                        kv_len=cache_seqlens),
                   block_size=block_size)
@@ -280,7 +286,7 @@ def heuristic_config(op: str, shape: dict) -> dict:
     window = shape.get("window")
     group = int(shape.get("group") or int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1)))
     if op == "attention_with_block_scores":
-        return {"rows": group * dense_queries_per_task(group)}
+        return {"rows": scores_rows(group, int(shape.get("seq_q", 1 << 30)))}
     dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES)
     return _heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
 
