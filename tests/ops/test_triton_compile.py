@@ -63,7 +63,7 @@ def test_all_shipped_configs_compile_for_sm80_and_sm90():
 # ---------------------------------------------------------------- MoE kernels (sm_80 / sm_90 PTX)
 
 
-_COMPILE_SCRIPT = r"""
+_MOE_COMPILE_SCRIPT = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -97,14 +97,14 @@ for fn, sig, const, needle in (kernels[:2] if which == "gemm" else kernels[2:]):
 """
 
 
-def _compile(which: str, expected_lines: int):
+def _compile_moe(which: str, expected_lines: int):
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, which], env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-c", _MOE_COMPILE_SCRIPT, which], env=env, capture_output=True, text=True, timeout=900)
     if r.returncode and ("ptxas" in r.stderr and "not found" in r.stderr):
         pytest.skip(f"triton cannot compile for CUDA here: {r.stderr[-300:]}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -116,11 +116,11 @@ def test_gemm_kernels_compile_for_sm80_and_sm90():
     """Compile-only, no GPU: the fused GEMM kernels lower to PTX and a cubin for sm_80 and sm_90
     with tensor-core mma (catching layout and shared-memory errors the interpreter cannot see).
     Runs in a subprocess: compiling needs triton without TRITON_INTERPRET (about 10 s)."""
-    _compile("gemm", 4)
+    _compile_moe("gemm", 4)
 
 
 @requires("triton", usable=True)
 @pytest.mark.slow
 def test_route_kernel_compiles_for_sm80_and_sm90():
     """Compile-only: the routing kernel at MiMo-V2-Flash shape (E = 256, 8 groups); minutes here."""
-    _compile("route", 2)
+    _compile_moe("route", 2)
