@@ -8,9 +8,6 @@ import torch
 
 import hysparse_kernels as hk
 
-from moe_data import moe_inputs
-
-
 REF = "reference"
 
 
@@ -25,15 +22,7 @@ def make_moe(T, E, k, D, I, dtype=torch.float64, seed=0):
 
 
 TVM = "tvm"
-MOE_TVM_DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-12)]
-
-
-_moe_tvm_data = moe_inputs
-
-
 TRI = "triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-12)]
 
-
-_data = moe_inputs

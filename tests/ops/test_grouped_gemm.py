@@ -15,7 +15,7 @@ from hysparse_kernels.ops.moe.cutlass import grouped_gemm as C
 from hysparse_kernels.testing import assert_close_to_reference
 
 from backend_params import requires
-from moe_helpers import DEV, DTYPES, MOE_TVM_DTYPES, REF, TRI, TVM
+from moe_helpers import DEV, DTYPES, REF, TRI, TVM
 
 
 # ---------------------------------------------------------------- reference
@@ -47,7 +47,7 @@ def test_gradcheck_grouped_gemm():
 @requires("tvm")
 @pytest.mark.parametrize("counts", [[3, 0, 0, 5, 1, 0], [0, 0, 9, 0, 0, 0], [1, 0, 0, 0, 0, 0]],
                          ids=["empty-experts", "one-expert", "one-row"])
-@pytest.mark.parametrize("dtype,atol", MOE_TVM_DTYPES[:2], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype,atol", DTYPES[:2], ids=["fp32", "bf16"])
 def test_grouped_gemm_tvm_matches_reference(counts, dtype, atol):
     E, K, N = len(counts), 40, 24
     off = torch.zeros(E + 1, dtype=torch.int64)

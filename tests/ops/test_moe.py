@@ -13,7 +13,8 @@ from hysparse_kernels.ops.moe import reference as R
 from hysparse_kernels.testing import assert_close_to_reference
 
 from backend_params import requires
-from moe_helpers import DEV, DTYPES, MOE_TVM_DTYPES, REF, TRI, TVM, _data, _moe_tvm_data, make_moe
+from moe_data import moe_inputs
+from moe_helpers import DEV, DTYPES, REF, TRI, TVM, make_moe
 
 
 # ---------------------------------------------------------------- reference
@@ -69,9 +70,9 @@ def _sid(s):
 
 @requires("tvm")
 @pytest.mark.parametrize("shape", SHAPES, ids=_sid)
-@pytest.mark.parametrize("dtype,atol", MOE_TVM_DTYPES, ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("dtype,atol", DTYPES, ids=["fp32", "bf16", "fp64"])
 def test_moe_tvm_matches_reference(shape, dtype, atol):
-    x, wgu, wd, w, ids = _moe_tvm_data(*shape)
+    x, wgu, wd, w, ids = moe_inputs(*shape)
     out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)
     assert out.dtype == dtype and out.shape == x.shape
     ref64 = R.moe(x, wgu, wd, w.double(), ids)
@@ -81,7 +82,7 @@ def test_moe_tvm_matches_reference(shape, dtype, atol):
 
 @requires("tvm")
 @pytest.mark.parametrize("shape", [(300, 4, 2, 64, 48), (130, 6, 3, 20, 10)], ids=_sid)
-@pytest.mark.parametrize("dtype,atol", [MOE_TVM_DTYPES[2]], ids=["fp64"])
+@pytest.mark.parametrize("dtype,atol", [DTYPES[2]], ids=["fp64"])
 def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
     """Large float64 segments run one BLAS GEMM per expert (the threshold lowered to reach it here)."""
     from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
@@ -90,7 +91,7 @@ def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
     calls = []
     real = moe_tvm._moe_blas
     monkeypatch.setattr(moe_tvm, "_moe_blas", lambda *a: calls.append(1) or real(*a))
-    x, wgu, wd, w, ids = _moe_tvm_data(*shape)
+    x, wgu, wd, w, ids = moe_inputs(*shape)
     out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)
     assert calls and out.dtype == dtype and out.shape == x.shape
     ref64 = R.moe(x, wgu, wd, w.double(), ids)
@@ -100,13 +101,13 @@ def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
 
 @requires("tvm")
 @pytest.mark.parametrize("shape", [(40, 4, 2, 64, 32), (70, 3, 2, 20, 10), (100, 8, 3, 48, 40)], ids=_sid)
-@pytest.mark.parametrize("dtype,atol", MOE_TVM_DTYPES[:2] + [(torch.float16, 2e-3)], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype,atol", DTYPES[:2] + [(torch.float16, 2e-3)], ids=["fp32", "bf16", "fp16"])
 def test_moe_outer_product_path_matches_reference(shape, dtype, atol):
     """Segments of >= OP_ROWS rows run the outer-product kernels (packed x, weights broadcast into
     16-row vectors); sizes with N % NR tails, partial 16-row tiles and D off the vector width."""
     from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
 
-    x, wgu, wd, w, ids = _moe_tvm_data(*shape)
+    x, wgu, wd, w, ids = moe_inputs(*shape)
     assert moe_tvm._rows_per_expert(moe_tvm._sort_pairs(ids, shape[1])[1]) >= moe_tvm.OP_ROWS
     out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)
     assert out.dtype == dtype and out.shape == x.shape
@@ -117,7 +118,7 @@ def test_moe_outer_product_path_matches_reference(shape, dtype, atol):
 
 @requires("tvm")
 def test_moe_tvm_all_tokens_to_one_expert():
-    x, wgu, wd, _, _ = _moe_tvm_data(9, 4, 1, 32, 16)
+    x, wgu, wd, _, _ = moe_inputs(9, 4, 1, 32, 16)
     ids = torch.full((9, 1), 2, dtype=torch.int32)
     w = torch.rand(9, 1)
     out = hk.moe(x.float(), wgu.float(), wd.float(), w, ids, backend=TVM)
@@ -126,7 +127,7 @@ def test_moe_tvm_all_tokens_to_one_expert():
 
 @requires("tvm")
 def test_moe_tvm_gradients_match_reference():
-    x, wgu, wd, w, ids = _moe_tvm_data(6, 4, 2, 16, 8)
+    x, wgu, wd, w, ids = moe_inputs(6, 4, 2, 16, 8)
     grads = []
     for backend in (TVM, "reference"):
         args = [t.clone().requires_grad_() for t in (x, wgu, wd, w.double())]
@@ -151,7 +152,7 @@ def test_tvm_is_the_cpu_default_for_moe():
 def test_moe_tvm_saturating_gates():
     """Gate pre-activations far in both tails (|g| up to ~1e3): SiLU's exp must neither overflow
     nor lose the linear branch (the fp32 kernel uses its own exp)."""
-    x, wgu, wd, w, ids = _moe_tvm_data(16, 4, 2, 32, 16)
+    x, wgu, wd, w, ids = moe_inputs(16, 4, 2, 32, 16)
     x = x * 300.0
     out = hk.moe(x.float(), wgu.float(), wd.float(), w, ids, backend=TVM)
     ref64 = R.moe(x, wgu, wd, w.double(), ids)
@@ -163,7 +164,7 @@ def test_moe_tvm_saturating_gates():
 
 
 def _check_moe(shape, dtype, atol):
-    x, wgu, wd, w, ids = _data(*shape)
+    x, wgu, wd, w, ids = moe_inputs(*shape)
     d = lambda t: t.to(DEV)  # noqa: E731
     out = hk.moe(d(x.to(dtype)), d(wgu.to(dtype)), d(wd.to(dtype)), d(w), d(ids), backend=TRI).cpu()
     assert out.dtype == dtype and out.shape == x.shape
@@ -185,7 +186,7 @@ def test_moe_triton_runs_any_config_it_is_given():
     """Tuned tiles reach the kernels: other block sizes than the heuristic's give the same result."""
     from hysparse_kernels.ops.moe.triton import moe as kernels
 
-    x, wgu, wd, w, ids = (t.to(DEV) for t in _data(21, 8, 2, 24, 20))
+    x, wgu, wd, w, ids = (t.to(DEV) for t in moe_inputs(21, 8, 2, 24, 20))
     shape = {"tokens": 21, "hidden": 24, "experts": 8, "top_k": 2, "intermediate": 20}
     heuristic = kernels.heuristic_config("moe_fwd", shape)
     assert heuristic == {"block_m": 16, "gate_up_block_n": 32, "gate_up_block_k": 32, "down_block_n": 32,
@@ -197,7 +198,7 @@ def test_moe_triton_runs_any_config_it_is_given():
 
 @requires("triton", usable=True)
 def test_moe_triton_gradients_match_reference():
-    x, wgu, wd, w, ids = _data(5, 4, 2, 16, 16)
+    x, wgu, wd, w, ids = moe_inputs(5, 4, 2, 16, 16)
     grads = []
     for backend in (TRI, "reference"):
         args = [t.float().to(DEV).requires_grad_() for t in (x, wgu, wd, w)]

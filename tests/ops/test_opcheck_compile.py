@@ -12,7 +12,8 @@ from hysparse_kernels.ops.moe import ops as moe_ops
 
 from attention_helpers import _inputs
 from backend_params import requires
-from moe_helpers import DEV, REF, TRI, TVM, _data, _moe_tvm_data, make_moe
+from moe_data import moe_inputs
+from moe_helpers import DEV, REF, TRI, TVM, make_moe
 from tvm_helpers import _indices, _tvm_bwd_indices, _tvm_bwd_inputs, _tvm_qkv
 
 
@@ -209,7 +210,7 @@ def test_moe_compile_fullgraph_matches_eager():
 def test_opcheck_tvm():
     from hysparse_kernels.ops.moe import ops
 
-    x, wgu, wd, w, ids = _moe_tvm_data(6, 4, 2, 16, 8)
+    x, wgu, wd, w, ids = moe_inputs(6, 4, 2, 16, 8)
     args = [t.float().requires_grad_() for t in (x, wgu, wd, w)]
     torch.library.opcheck(ops.moe_fwd, (*args, ids, TVM))
     xs, off, _ = ops.moe_permute(x.float(), ids, 4, "reference")
@@ -218,7 +219,7 @@ def test_opcheck_tvm():
 
 @requires("tvm")
 def test_compile_fullgraph_tvm_matches_eager():
-    x, wgu, wd, _, _ = _moe_tvm_data(7, 4, 2, 16, 8)
+    x, wgu, wd, _, _ = moe_inputs(7, 4, 2, 16, 8)
     x, wgu, wd = x.float(), wgu.float(), wd.float()
     logits = torch.randn(7, 4)
 
@@ -237,7 +238,7 @@ def test_compile_fullgraph_tvm_matches_eager():
 def test_opcheck_triton():
     from hysparse_kernels.ops.moe import ops
 
-    x, wgu, wd, w, ids = _data(6, 4, 2, 16, 16)
+    x, wgu, wd, w, ids = moe_inputs(6, 4, 2, 16, 16)
     args = [t.float().to(DEV).requires_grad_() for t in (x, wgu, wd, w)]
     torch.library.opcheck(ops.moe_fwd, (*args, ids.to(DEV), TRI))
     torch.library.opcheck(ops.route, (torch.randn(5, 16, device=DEV), 4, "sigmoid", None, 4, 2, True, 2.5, TRI))

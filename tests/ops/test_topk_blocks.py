@@ -11,7 +11,7 @@ import torch
 import hysparse_kernels as hk
 from hysparse_kernels.ops.attention import reference as R
 
-from attention_helpers import ALL, ARGS, B, BS, D, HKV, S, _pads_inputs
+from attention_helpers import ALL, ARGS, B, BS, HKV, S, _pads_inputs
 from backend_params import params
 from triton_helpers import inputs
 
