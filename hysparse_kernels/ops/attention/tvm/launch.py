@@ -22,6 +22,8 @@ def dense_queries_per_task(group: int) -> int:
         if (group * bm) % 6 == 0:
             return bm
     return top
+
+
 def scores_rows(group: int, seq_q: int) -> int:
     """Query rows of a block-score task: as the prefill, but no more queries than there are (a
     decode step of one query per sequence then computes ``group`` rows, not ``DENSE_ROWS``)."""
