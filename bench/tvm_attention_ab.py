@@ -10,7 +10,7 @@ compare a branch with ``main``::
     done
 
 Alternating processes puts both trees under the same load; compare the ratios pair by pair.
-Shapes: Hq 32 / Hkv 8, D 128, batch 1 (as ``attention_cpu.py``).
+Shapes: Hq 32 / Hkv 8, D 128, batch 1 (as ``bench/ops/attention.py``).
 """
 
 from __future__ import annotations

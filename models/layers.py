@@ -225,9 +225,10 @@ def _attend(q, k, v, lens, *, window, sink):
 def _attend_and_select(q, k, v, lens, block_size, topks):
     """Full attention with block scores (once), then the top-k of each ``k`` in ``topks``:
     ``(o, {k: indices})``. With a cache (``lens``: per-sequence lengths ``[B]``), each sequence
-    is scored over its own valid keys of the padded cache, the whole batch in one call. Equal
-    lengths (prefill into one row, a batch in step) slice the cache instead: one key count
-    keeps the TVM / Triton block-score kernels, which take no per-sequence lengths."""
+    is scored over its own valid keys of the padded cache, the whole batch in one call (the
+    TVM and Triton kernels take the lengths; no loop over the batch). Equal lengths (prefill
+    into one row, a batch in step) slice the cache to those keys instead, so no backend reads
+    the empty slots (the reference would compute every logit of the padded cache)."""
     if lens is not None and lens.numel() and bool((lens == lens[0]).all()):
         n = int(lens[0])
         k, v, lens = k[:, :, :n], v[:, :, :n], None

@@ -1,4 +1,4 @@
-"""bench/attention_gpu.py cannot run without a GPU; check that it imports, parses its options
+"""bench/ops/gpu/attention.py cannot run without a GPU; check that it imports, parses its options
 and refuses cleanly without CUDA."""
 
 import importlib.util
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "attention_gpu.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "ops" / "gpu" / "attention.py"
 
 
 def _load():

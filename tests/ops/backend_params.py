@@ -22,3 +22,15 @@ def params(*backends: str):
 
 
 ATTENTION = params("reference", "tvm", "triton")
+
+
+def requires(backend: str, *, usable: bool = False):
+    """Skip mark for a test of one backend: its package is not installed or, with ``usable``,
+    it cannot run on this machine (``hysparse_kernels.backends.status``)."""
+    if not installed(backend):
+        return pytest.mark.skipif(True, reason=f"{backend} is not installed (pip install 'hysparse-kernels[{backend}]')")
+    if usable:
+        from hysparse_kernels.backends import status
+
+        return pytest.mark.skipif(not status(backend).usable, reason=f"{backend} cannot run here: {status(backend).reason}")
+    return pytest.mark.skipif(False, reason="")

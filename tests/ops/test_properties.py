@@ -29,9 +29,9 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# atol per backend and dtype, as in test_attention_tvm.py / triton_helpers.py
+# atol per backend and dtype, as in tvm_helpers.py / triton_helpers.py
 ATOL = {"tvm": {"fp32": 2e-5, "bf16": 1e-2, "fp16": 2e-3}, "triton": {"fp32": 2e-5, "bf16": 2e-3, "fp16": 2e-3}}
-MOE_ATOL = {"fp32": 1e-5, "bf16": 1e-2}  # test_moe_tvm.py / test_moe_triton.py
+MOE_ATOL = {"fp32": 1e-5, "bf16": 1e-2}  # the TVM and Triton sections of test_moe.py
 # (backend, examples per attention test): the interpreter is slow, so Triton gets fewer
 BACKENDS = [pytest.param(b, n, id=b, marks=pytest.mark.skipif(not installed(b), reason=f"{b} is not installed"))
             for b, n in (("tvm", 24), ("triton", 10))]
@@ -187,7 +187,7 @@ def test_attention_backward_triton(c):
         torch.autograd.backward((out, lse), (cast(cot[0]), cast(cot[1])))
         grads.append([x.grad for x in xs])
     for name, got, want in zip("q k v sink".split(), *grads):
-        # dsink sums over every query of a head: atol x B * Sq (as test_attention_triton.py)
+        # dsink sums over every query of a head: atol x B * Sq (as the Triton section of test_attention.py)
         assert_close_to_reference(got, want, atol=2e-5 * (c["B"] * c["sq"] if name == "sink" else 1), name=f"d{name}")
 
 

@@ -55,4 +55,25 @@ def run_grads(fn, leaves, cotangents):
     return [x.grad for x in xs if x is not None], out, lse
 
 
-__all__ = ["R", "DTYPES", "DTYPE_IDS", "inputs", "f64", "lowp", "check", "reference_grads", "run_grads"]
+def random_indices(B, Hkv, Sq, Sk, block_size, k, mode):
+    """``topk``: what the oracle picks (visible, -1 pads); ``raw``: any ids, -1, duplicates and
+    blocks after the query (which the causal mask must empty)."""
+    n_blocks = -(-Sk // block_size)
+    if mode == "topk":
+        return R.topk_blocks(torch.rand(B, Hkv, Sq, n_blocks), k, block_size, Sk)
+    idx = torch.randint(-1, n_blocks, (B, Hkv, Sq, k), dtype=torch.int32)
+    idx[..., -1] = idx[..., 0]  # a block listed twice counts once
+    return idx
+
+
+def padded_cache(B, Hkv, Smax, D):
+    return torch.randn(B, Hkv, Smax, D)  # garbage beyond each sequence's length must be ignored
+
+
+def _gpu_inputs(B, Hq, Hkv, S, Dqk, Dv, dtype):
+    g = lambda *s: torch.randn(*s, device="cuda").to(dtype)  # noqa: E731
+    return g(B, Hq, S, Dqk), g(B, Hkv, S, Dqk), g(B, Hkv, S, Dv)
+
+
+__all__ = ["R", "DTYPES", "DTYPE_IDS", "inputs", "f64", "lowp", "check", "reference_grads", "run_grads",
+           "random_indices", "padded_cache", "_gpu_inputs"]

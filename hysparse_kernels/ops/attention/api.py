@@ -119,8 +119,8 @@ def attention_with_block_scores(q, k, v, *, block_size=64, causal=True, scale=No
         cache_seqlens: optional int32/int64 ``[B]``, each in ``[0, Sk]``: k and v are a padded
             cache whose first ``cache_seqlens[b]`` keys belong to sequence ``b``; keys past them
             are masked and query ``i`` sits at ``cache_seqlens[b] - Sq + i``. Inference only
-            (no gradient); Triton and TVM take one key count per batch, so dispatch runs these
-            inputs on the reference.
+            (no gradient); the TVM and Triton kernels take the lengths (the whole batch in one
+            launch).
 
     Returns:
         out ``[B, Hq, Sq, Dv]``, lse ``[B, Hq, Sq]``, block_scores ``[B, Hkv, Sq, ceil(Sk/block_size)]``.

@@ -52,18 +52,21 @@ tuned.register_sources("attention", _REFERENCE, {"tvm": [_HERE / "tvm"], "triton
 _TVM = "hysparse_kernels.ops.attention.tvm"
 _TVM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TVM_ACCEPTS = ("attention_with_block_scores", "sparse_attention_fwd", "attention_decode", "sparse_attention_decode")
-for _op, _fn in {
-    "attention_fwd": "attention_fwd",
-    "attention_bwd": "attention_bwd",
-    "attention_with_block_scores": "attention_with_block_scores",
-    "sparse_attention_fwd": "sparse_attention_fwd",
-    "sparse_attention_bwd": "sparse_attention_bwd",
-    "attention_decode": "attention_decode",
-    "sparse_attention_decode": "sparse_attention_decode",
+# By launcher module, not through the package: importing the kernel file ``tvm/attention_bwd.py``
+# (when the backward kernel is built) rebinds the package's ``attention_bwd`` to that module.
+for _op, _target in {
+    "attention_fwd": "launch:attention_fwd",
+    "attention_bwd": "launch_bwd:attention_bwd",
+    "attention_with_block_scores": "launch:attention_with_block_scores",
+    "sparse_attention_fwd": "launch:sparse_attention_fwd",
+    "sparse_attention_bwd": "launch_bwd:sparse_attention_bwd",
+    "attention_decode": "launch:attention_decode",
+    "sparse_attention_decode": "launch:sparse_attention_decode",
 }.items():
     # Inputs the kernels do not take (block sizes outside 8..1024, empty sides) go to the reference.
+    _fn = _target.partition(":")[2]
     _accepts = f"{_TVM}.launch:accepts_{_fn}" if _op in _TVM_ACCEPTS else None
-    dispatch.register(_op, "tvm", f"{_TVM}:{_fn}", dtypes=_TVM_DTYPES, accepts=_accepts)
+    dispatch.register(_op, "tvm", f"{_TVM}.{_target}", dtypes=_TVM_DTYPES, accepts=_accepts)
 
 _TRITON = "hysparse_kernels.ops.attention.triton"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

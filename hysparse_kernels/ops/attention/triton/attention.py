@@ -132,15 +132,18 @@ def _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, hi, Sk, q_pos, qk_
 @triton.heuristics({"DOT_F32": lambda a: dot_in_fp32(a["Q"].dtype)})
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, SINK, OUT, LSE, TMAX, SCORES_OUT,
+    Q, K, V, SINK, OUT, LSE, TMAX, SCORES_OUT, LENS,
     Sq, Sk, Hq, Hkv, window, qk_scale, n_blocks,
     DQK: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    HAS_SINK: tl.constexpr, SCORES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+    HAS_SINK: tl.constexpr, SCORES: tl.constexpr, RAGGED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):
     # Q [B, Hq, Sq, DQK], K [B, Hkv, Sk, DQK], V [B, Hkv, Sk, DV], OUT [B, Hq, Sq, DV],
     # LSE [B, Hq, Sq] fp32; with SCORES: TMAX [B, Hq, Sq, n_blocks] fp32 scratch and
     # SCORES_OUT [B, Hkv, Sq, n_blocks] fp32 (zero-initialised, max-reduced over the group).
+    # RAGGED: LENS [B] int32, sequence b holds its first LENS[b] keys of the padded cache (its
+    # queries sit at LENS[b] - Sq + i); slots past them are never loaded.
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -155,11 +158,14 @@ def _attn_fwd_kernel(
     kv_row = (b * Hkv + hkv).to(tl.int64) * Sk
     p_k = K + kv_row * DQK
     p_v = V + kv_row * DV
+    n_keys = Sk  # keys of this sequence: the whole cache, or its own length
+    if RAGGED:
+        n_keys = tl.load(LENS + b).to(tl.int32)
 
     b_q = tl.load(Q + (q_row + o_m[:, None]) * DQK + o_dqk[None, :], mask=m_m[:, None] & (o_dqk[None, :] < DQK), other=0.0)
     if DOT_F32:
         b_q = b_q.to(tl.float32)
-    q_pos = Sk - Sq + o_m
+    q_pos = n_keys - Sq + o_m
     p_tmax = TMAX + (q_row + o_m) * n_blocks
 
     if HAS_SINK:
@@ -172,12 +178,12 @@ def _attn_fwd_kernel(
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
-    lo, full_lo, full_hi, hi = _kv_range(m0, Sq, Sk, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, full_lo, Sk, q_pos, qk_scale, window,
+    lo, full_lo, full_hi, hi = _kv_range(m0, Sq, n_keys, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, lo, full_lo, n_keys, q_pos, qk_scale, window,
                                DQK, DV, True, CAUSAL, HAS_WINDOW, SCORES, BLOCK_N, BLOCK_DQK, BLOCK_DV, DOT_F32, PREC)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, full_lo, full_hi, Sk, q_pos, qk_scale, window,
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, full_lo, full_hi, n_keys, q_pos, qk_scale, window,
                                DQK, DV, False, CAUSAL, HAS_WINDOW, SCORES, BLOCK_N, BLOCK_DQK, BLOCK_DV, DOT_F32, PREC)
-    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, full_hi, hi, Sk, q_pos, qk_scale, window,
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, b_q, p_k, p_v, p_tmax, m_m, full_hi, hi, n_keys, q_pos, qk_scale, window,
                                DQK, DV, True, CAUSAL, HAS_WINDOW, SCORES, BLOCK_N, BLOCK_DQK, BLOCK_DV, DOT_F32, PREC)
 
     seen = l_i != 0.0  # 0: the row saw nothing (NaN compares unequal: it stays NaN)
@@ -199,14 +205,14 @@ def _attn_fwd_kernel(
         p_scores = SCORES_OUT + ((b * Hkv + hkv).to(tl.int64) * Sq + o_m) * n_blocks
         for t in range(lo // BLOCK_N, tl.cdiv(hi, BLOCK_N)):
             t_max = tl.load(p_tmax + t, mask=m_m, other=float("-inf"))
-            ok = seen & (t * BLOCK_N < Sk)
+            ok = seen & (t * BLOCK_N < n_keys)
             if CAUSAL:
                 ok = ok & (t * BLOCK_N <= q_pos)
             score = tl.abs(tl.where(ok, tl.math.exp2(tl.where(ok, t_max - lse2, 0.0)), 0.0))
             tl.atomic_max(p_scores + t, score.to(tl.int32, bitcast=True), mask=m_m)
 
 
-def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
+def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None, cache_seqlens=None):
     check_dtype("q", q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, Hq, Sq, Dqk = q.shape
@@ -228,12 +234,13 @@ def _launch_fwd(q, k, v, sink, causal, window, scale, block_size=None):
         else:
             tmax = scores = lse  # unused (SCORES=False), any fp32 pointer
         sink_arg = sink.contiguous() if sink is not None else lse
+        lens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous() if cache_seqlens is not None else lse
         grid = (triton.cdiv(Sq, cfg.block_m), B * Hq)
         _attn_fwd_kernel[grid](
-            q, k, v, sink_arg, out, lse, tmax, scores,
+            q, k, v, sink_arg, out, lse, tmax, scores, lens,
             Sq, Sk, Hq, Hkv, window if window is not None else 0, scale * LOG2E, n_blocks,
             DQK=Dqk, DV=Dv, CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_SINK=sink is not None,
-            SCORES=block_size is not None, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
+            SCORES=block_size is not None, RAGGED=cache_seqlens is not None, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
             BLOCK_DQK=head_block(Dqk), BLOCK_DV=head_block(Dv), PREC=dot_precision(q.dtype), **cfg.launch(),
         )
         return out, lse, (scores.view(torch.float32) if block_size is not None else None)
@@ -257,13 +264,15 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlen
 
     The KV tile is the block; memory beyond the outputs is one fp32 tile maximum per (query head,
     query, block): ``1 / block_size`` of a score matrix, never ``S x S``. Blocks smaller than
-    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) and per-sequence lengths (``cache_seqlens``:
-    the kernel takes one key count for the batch) are not accepted: dispatch runs them elsewhere.
+    ``MIN_BLOCK`` (16, the smallest ``tl.dot`` tile) are not accepted: dispatch runs them
+    elsewhere. ``cache_seqlens`` (int ``[B]``, optional): sequence b of a padded cache holds its
+    first ``cache_seqlens[b]`` keys, its queries sit at ``cache_seqlens[b] - Sq + i``; blocks past
+    its keys score 0.
     """
-    return _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size)
+    return _launch_fwd(q, k, v, None, causal, None, scale, block_size=block_size, cache_seqlens=cache_seqlens)
 
 
 def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None) -> bool:
-    """Blocks of at least ``MIN_BLOCK`` keys (the block is the KV tile of a ``tl.dot``), one key
-    count for the whole batch (no ``cache_seqlens``)."""
-    return cache_seqlens is None and block_size >= MIN_BLOCK
+    """Blocks of at least ``MIN_BLOCK`` keys (the block is the KV tile of a ``tl.dot``); per-
+    sequence lengths (``cache_seqlens``) are taken."""
+    return block_size >= MIN_BLOCK

@@ -65,23 +65,25 @@ def shipped_specs(dtype: str = "bf16", full: bool = True) -> list[KernelSpec]:
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     prec = dot_precision(tdt)
     specs = []
-    # (dqk, dv, causal, window, sink, block-score block size)
+    # (dqk, dv, causal, window, sink, block-score block size, per-sequence lengths)
     if full:
-        fwd_cases = [(128, 128, True, None, False, None), (128, 128, True, 1024, True, None),
-                     (192, 128, True, None, False, None), (128, 128, True, None, False, 64),
-                     (64, 64, False, None, False, None), (64, 64, True, None, True, None)]
-    else:  # one compile that switches every code path on: window, sink and the block-score pass
-        fwd_cases = [(128, 128, True, 1024, True, 64)]
-    for dqk, dv, causal, window, sink, bs in fwd_cases:
+        fwd_cases = [(128, 128, True, None, False, None, False), (128, 128, True, 1024, True, None, False),
+                     (192, 128, True, None, False, None, False), (128, 128, True, None, False, 64, False),
+                     (128, 128, True, None, False, 64, True),
+                     (64, 64, False, None, False, None, False), (64, 64, True, None, True, None, False)]
+    else:  # one compile that switches every code path on: window, sink, block scores, lengths
+        fwd_cases = [(128, 128, True, 1024, True, 64, True)]
+    for dqk, dv, causal, window, sink, bs, ragged in fwd_cases:
         op = "attention_fwd" if bs is None else "attention_with_block_scores"
         cfg = default_config(op, {"dqk": dqk, "dv": dv, "sk": 16384})
         specs.append(KernelSpec(
             f"attn_fwd-d{dqk}v{dv}-{'causal' if causal else 'full'}{'-w' if window else ''}{'-sink' if sink else ''}"
-            f"{'-scores' if bs else ''}-{cfg.block_m}x{bs or cfg.block_n}",
+            f"{'-scores' if bs else ''}{'-ragged' if ragged else ''}-{cfg.block_m}x{bs or cfg.block_n}",
             fwd._attn_fwd_kernel,
-            dict(Q=dtype, K=dtype, V=dtype, SINK="fp32", OUT=dtype, LSE="fp32", TMAX="fp32", SCORES_OUT="i32"),
+            dict(Q=dtype, K=dtype, V=dtype, SINK="fp32", OUT=dtype, LSE="fp32", TMAX="fp32", SCORES_OUT="i32",
+                 LENS="i32"),
             dict(DQK=dqk, DV=dv, CAUSAL=causal, HAS_WINDOW=window is not None, HAS_SINK=sink, SCORES=bs is not None,
-                 BLOCK_M=cfg.block_m, BLOCK_N=bs or cfg.block_n, BLOCK_DQK=head_block(dqk), BLOCK_DV=head_block(dv),
+                 RAGGED=ragged, BLOCK_M=cfg.block_m, BLOCK_N=bs or cfg.block_n, BLOCK_DQK=head_block(dqk), BLOCK_DV=head_block(dv),
                  PREC=prec, DOT_F32=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
             floats=("qk_scale",)))
     for dqk, dv, window in ([(128, 128, None), (192, 128, 1024)] if full else [(128, 128, None)]):

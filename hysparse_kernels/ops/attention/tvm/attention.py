@@ -4,7 +4,8 @@ Layout of the work
 ------------------
 * ``prep``: one pass over K and V that writes ``kt [B, Hkv, Skp / BN, Dqk, BN]`` (K transposed tile
   by tile, fp32) and ``vp [B, Hkv, Skp, Dv]`` (fp32), both zero-padded to a multiple of the KV
-  tile, and ``bad [B, Hkv, Skp / BN]`` (1.0 where a V tile holds NaN or +-inf). Each K^T tile is one contiguous block: a plain ``[Dqk, Skp]`` transpose would put the
+  tile, and ``bad [B, Hkv, Skp / BN]`` (1.0 where a V tile holds NaN or +-inf); tiles at or past
+  a sequence's key count ``kv_len[b]`` (a padded cache) are skipped. Each K^T tile is one contiguous block: a plain ``[Dqk, Skp]`` transpose would put the
   rows a GEMM step reads ``4 * Skp`` bytes apart (16 KiB at 4K keys), all in one L1 set. Every query
   block then reads K^T tiles as contiguous vectors, so ``Q @ K^T`` is an outer-product GEMM with
   no per-tile transpose, and bf16 is widened once instead of once per query block.
@@ -16,6 +17,9 @@ Layout of the work
 * Block scores: the raw row maximum of each KV tile is written to a workspace ``tmax``; once the
   row's final lse is known, ``score = max over the group of exp(tmax - lse)`` (the max softmax
   probability inside the block), so no ``S x S`` matrix is stored. The KV tile is the block.
+* Per-sequence key counts ``kv_len [B]`` (``cache_seqlens`` of a padded cache; ``Sk`` for every
+  sequence otherwise): sequence b sees its first ``kv_len[b]`` keys and its queries sit at
+  ``kv_len[b] - Sq + i``; slots past ``kv_len[b]`` are never read into a result, whatever they hold.
 
 All arithmetic is fp32 (bf16 inputs are widened on load, outputs rounded on store).
 """
@@ -46,7 +50,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
     PAR, VEC, SCOPE = loop_kinds(target_kind)
 
     @T.prim_func
-    def prep(k_h: T.handle, v_h: T.handle, kt_h: T.handle, vp_h: T.handle, bad_h: T.handle):
+    def prep(k_h: T.handle, v_h: T.handle, kvlen_h: T.handle, kt_h: T.handle, vp_h: T.handle, bad_h: T.handle):
         B = T.int32()
         Hkv = T.int32()
         Sk = T.int32()
@@ -57,30 +61,33 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
         Kt = T.match_buffer(kt_h, (B, Hkv, NT, DQK, BN), "float32")
         Vp = T.match_buffer(vp_h, (B, Hkv, Skp, DV), "float32")
         Bad = T.match_buffer(bad_h, (B, Hkv, NT), "float32")  # 1 where a V tile holds NaN or +-inf
+        KvLen = T.match_buffer(kvlen_h, (B,), "int32")
         for task in PAR(B * Hkv * (Skp // BN)):
             Fl = T.alloc_buffer((EV,), "float32", scope=SCOPE)
             b = task // (Hkv * (Skp // BN))
             hk = task // (Skp // BN) % Hkv
             j0 = task % (Skp // BN) * BN
-            # [BN, Dqk] rows of K -> [Dqk, BN] columns of K^T; the tile stays in L1/L2.
-            for jj in range(BN):
-                for d in VEC(DQK):
-                    Kt[b, hk, j0 // BN, d, jj] = T.if_then_else(
-                        j0 + jj < Sk, T.Cast("float32", K[b, hk, T.min(j0 + jj, Sk - 1), d]), f32(0.0))
-                for e in VEC(DV):
-                    Vp[b, hk, j0 + jj, e] = T.if_then_else(
-                        j0 + jj < Sk, T.Cast("float32", V[b, hk, T.min(j0 + jj, Sk - 1), e]), f32(0.0))
-            # |x| <= FLT_MAX fails for NaN and +-inf (an ordered comparison); EV-lane partial maxima
-            for l in VEC(EV):
-                Fl[l] = f32(0.0)
-            for jj in range(BN):
-                for eo in range(DV // EV):
-                    for l in VEC(EV):
-                        Fl[l] = T.max(Fl[l], T.Select(T.abs(Vp[b, hk, j0 + jj, eo * EV + l]) <= T.max_value("float32"),
-                                                      f32(0.0), f32(1.0)))
-            for l in range(1, EV):
-                Fl[0] = T.max(Fl[0], Fl[l])
-            Bad[b, hk, j0 // BN] = Fl[0]
+            # Tiles past the sequence's keys (a padded cache) are never read by ``main``: skipped.
+            if j0 < KvLen[b]:
+                # [BN, Dqk] rows of K -> [Dqk, BN] columns of K^T; the tile stays in L1/L2.
+                for jj in range(BN):
+                    for d in VEC(DQK):
+                        Kt[b, hk, j0 // BN, d, jj] = T.if_then_else(
+                            j0 + jj < Sk, T.Cast("float32", K[b, hk, T.min(j0 + jj, Sk - 1), d]), f32(0.0))
+                    for e in VEC(DV):
+                        Vp[b, hk, j0 + jj, e] = T.if_then_else(
+                            j0 + jj < Sk, T.Cast("float32", V[b, hk, T.min(j0 + jj, Sk - 1), e]), f32(0.0))
+                # |x| <= FLT_MAX fails for NaN and +-inf (an ordered comparison); EV-lane partial maxima
+                for l in VEC(EV):
+                    Fl[l] = f32(0.0)
+                for jj in range(BN):
+                    for eo in range(DV // EV):
+                        for l in VEC(EV):
+                            Fl[l] = T.max(Fl[l], T.Select(T.abs(Vp[b, hk, j0 + jj, eo * EV + l]) <= T.max_value("float32"),
+                                                          f32(0.0), f32(1.0)))
+                for l in range(1, EV):
+                    Fl[0] = T.max(Fl[0], Fl[l])
+                Bad[b, hk, j0 // BN] = Fl[0]
 
     @T.prim_func
     def main(q_h: T.handle, kt_h: T.handle, vp_h: T.handle, bad_h: T.handle, kvlen_h: T.handle, sink_h: T.handle,
@@ -219,7 +226,8 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
                                 for ri in T.unroll(RT):
                                     for ei in VEC(EV):
                                         Creg[ri * EV + ei] = Creg[ri * EV + ei] + Ss[ro * RT + ri, j] * T.Select(
-                                            (not CAUSAL or j0 + j <= L - Sq + q0 + (ro * RT + ri) % BM)
+                                            (j0 + j < L)
+                                            and (not CAUSAL or j0 + j <= L - Sq + q0 + (ro * RT + ri) % BM)
                                             and (not WIN or j0 + j > L - Sq + q0 + (ro * RT + ri) % BM - window),
                                             Vp[b, hk, j0 + j, eo * EV + ei], f32(0.0))
                         for ri in T.unroll(RT):

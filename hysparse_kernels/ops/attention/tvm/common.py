@@ -34,7 +34,7 @@ def fast_exp(x):
     """
     # The clamp keeps a NaN: TVM lowers max(a, b) / min(a, b) to ``a > b ? a : b`` / ``a < b ? a : b``,
     # which give b when b is NaN, so x goes last. (An explicit isnan select cost 45% of a 1K
-    # prefill, and x - x is folded to 0.) tests/ops/test_attention_nonfinite.py guards this.
+    # prefill, and x - x is folded to 0.) tests/ops/test_nonfinite.py guards this.
     xc = tirx.min(f32(88.0), tirx.max(f32(EXP_LO), x))
     n = tirx.floor(xc * f32(_LOG2E) + f32(0.5))
     r = xc - n * f32(_C1) - n * f32(_C2)

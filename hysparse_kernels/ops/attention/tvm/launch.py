@@ -22,6 +22,14 @@ def dense_queries_per_task(group: int) -> int:
         if (group * bm) % 6 == 0:
             return bm
     return top
+
+
+def scores_rows(group: int, seq_q: int) -> int:
+    """Query rows of a block-score task: as the prefill, but no more queries than there are (a
+    decode step of one query per sequence then computes ``group`` rows, not ``DENSE_ROWS``)."""
+    return group * max(1, min(dense_queries_per_task(group), seq_q))
+
+
 # The KV tile of prefill and decode. Block scores and sparse attention use the block size.
 KV_TILE = 64
 # Sliding windows up to this size use half tiles: a query block then computes fewer masked
@@ -106,7 +114,9 @@ def _empty_kv(q, v, sink):
     return out, lse
 
 
-def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=None):
+def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=None, kv_len=None):
+    """The dense kernel: ``(out, lse, block_scores or a placeholder)``. ``kv_len`` (int ``[B]``,
+    optional): per-sequence key counts of a padded cache (default ``Sk`` for every sequence)."""
     B, Hq, Sq, Dqk = q.shape
     Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     lib, spec = _dense_module(Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], causal, window, sink, block_size, config)
@@ -119,7 +129,7 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     bad = torch.empty(B, Hkv, nblocks, dtype=torch.float32)  # V tiles holding NaN / inf
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
-    kv_len = torch.full((B,), Sk, dtype=torch.int32)
+    kv_len = torch.full((B,), Sk, dtype=torch.int32) if kv_len is None else _c(kv_len.to(torch.int32))
     if block_size is not None:
         tmax = torch.empty(B, Hq, Sq, nblocks, dtype=torch.float32)
         scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
@@ -128,7 +138,7 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     # work of the launch (FLOPs of Q @ K^T and P @ V over the keys a query sees), for the thread policy
     keys = min(Sk, window) if window is not None else (Sk + 1) / 2 if causal else Sk
     threads.before_launch(2.0 * B * Hq * Sq * keys * (Dqk + Dv))
-    lib["prep"](k, v, kt, vp, bad)
+    lib["prep"](k, v, kv_len, kt, vp, bad)
     lib["main"](q, kt, vp, bad, kv_len, _sink_arg(sink), out, lse, tmax, scores,
                 int(window) if window is not None else 0, float(scale))
     return out, lse, scores
@@ -187,13 +197,15 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlen
     """Attention plus HySparse block scores ``[B, Hkv, Sq, ceil(Sk / block_size)]`` (float32).
 
     The KV tile of the kernel is the block, so block sizes from 8 to 1024 run in TVM; dispatch
-    sends other inputs elsewhere (``accepts_attention_with_block_scores``), per-sequence lengths
-    (``cache_seqlens``) included: the kernel takes one key count for the batch. Returns
-    ``(out, lse, block_scores)``.
+    sends other inputs elsewhere (``accepts_attention_with_block_scores``). ``cache_seqlens``
+    (int ``[B]``, optional): sequence b of a padded cache holds its first ``cache_seqlens[b]``
+    keys and its queries sit at ``cache_seqlens[b] - Sq + i`` (the whole batch in one launch;
+    blocks past a sequence's keys score 0). Returns ``(out, lse, block_scores)``.
     """
     group = q.shape[1] // k.shape[1]
-    return _tuned("attention_with_block_scores", q, k, v, None, {"rows": group * dense_queries_per_task(group)},
-                  lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size}),
+    return _tuned("attention_with_block_scores", q, k, v, None, {"rows": scores_rows(group, q.shape[2])},
+                  lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size},
+                                       kv_len=cache_seqlens),
                   block_size=block_size)
 
 
@@ -229,9 +241,9 @@ def sparse_attention_decode(q, k_cache, v_cache, cache_seqlens, indices, block_s
 
 
 def accepts_attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlens=None) -> bool:
-    """Block sizes 8..1024 (the block is the kernel's KV tile), no empty query or key side, one
-    key count for the whole batch (no ``cache_seqlens``)."""
-    return cache_seqlens is None and 8 <= block_size <= 1024 and q.numel() > 0 and k.shape[2] > 0
+    """Block sizes 8..1024 (the block is the kernel's KV tile), no empty query or key side (per-
+    sequence lengths ``cache_seqlens`` of any value in ``[0, Sk]`` are taken)."""
+    return 8 <= block_size <= 1024 and q.numel() > 0 and k.shape[2] > 0
 
 
 def accepts_sparse_attention_fwd(q, k, v, indices, block_size, sink, scale) -> bool:
@@ -276,7 +288,7 @@ def heuristic_config(op: str, shape: dict) -> dict:
     window = shape.get("window")
     group = int(shape.get("group") or int(shape.get("q_heads", 1)) // int(shape.get("kv_heads", 1)))
     if op == "attention_with_block_scores":
-        return {"rows": group * dense_queries_per_task(group)}
+        return {"rows": scores_rows(group, int(shape.get("seq_q", 1 << 30)))}
     dense = not (op == "attention_decode" or int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES)
     return _heuristic(window, dense=dense, group=group, seqlen_k=int(shape.get("seq_k", 0)))
 

@@ -4,9 +4,9 @@ torch loop, 64 experts, top-8, D = 1024, I = 512 (the issue's shapes), measured 
 Run as a script for the table (rounds of the two implementations interleaved, so both see the
 same load on a shared machine; medians), in the environment a user has (no thread variables)::
 
-    python bench/moe_cpu.py --tokens 1 16 64 512 4096 --dtype float32 bfloat16
+    python bench/ops/moe.py --tokens 1 16 64 512 4096 --dtype float32 bfloat16
 
-``bench/test_moe_cpu.py`` runs the same two functions under pytest-benchmark (``make bench``).
+``bench/ops/test_moe.py`` runs the same two functions under pytest-benchmark (``make bench``).
 
 Times are medians of wall-clock time; the CPU time (both threads, ``time.process_time``) is
 reported too: on a machine shared with other jobs it is the steadier measure of the work done.

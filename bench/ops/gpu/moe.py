@@ -3,7 +3,7 @@ per-expert torch loop and, where installed, vLLM's ``fused_moe``; MiMo-V2-Flash 
 (256 experts, top-8), T from 1 to 4096. Reports TFLOP/s and effective GB/s against the card's
 measured peaks (a large bf16 matmul and a large copy, measured first in the same run).
 
-    python bench/moe_gpu.py --experts 256 --top-k 8 --hidden 4096 --inter 2048 --tokens 1 16 64 512 4096
+    python bench/ops/gpu/moe.py --experts 256 --top-k 8 --hidden 4096 --inter 2048 --tokens 1 16 64 512 4096
 
 Record the table in bench/RESULTS.md with the card, date and versions.
 """

@@ -17,7 +17,7 @@ for the backward; windowed and sparse FLOPs count the keys actually visible.
 
 Usage (GPU only; prints a table and writes JSON)::
 
-    python bench/attention_gpu.py --seqlens 4096 16384 32768 --json bench/attention_gpu.json
+    python bench/ops/gpu/attention.py --seqlens 4096 16384 32768 --json bench/ops/gpu/attention.json
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def parse_args(argv=None):
                    help="which implementations to time")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--json", default="bench/attention_gpu.json", help="where to write the results")
+    p.add_argument("--json", default="bench/ops/gpu/attention.json", help="where to write the results")
     return p.parse_args(argv)
 
 
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("attention_gpu.py needs a CUDA device (the Triton kernels run compiled); none found.", file=sys.stderr)
+        print("bench/ops/gpu/attention.py needs a CUDA device (the Triton kernels run compiled); none found.", file=sys.stderr)
         return 2
     import triton
 
