@@ -50,7 +50,6 @@ from .team import Team
 N_LATENT = 4  # latent tokens per role (the warm starts saw 1..N_LATENT noisy slots)
 TOP_K = 1
 BANK_FILL = 256
-PLANNER_SFT_STEPS = 150  # the planner's format is one line; the solver's warm start has cfg.sft_steps
 ARMS = ("none", "text", "latentmem", "latent_swap", "latent_noexp")
 
 
@@ -63,7 +62,7 @@ def composer_context(role: str, experience: list[str], example, tok: ByteTokeniz
 def role_sft_config(cfg, role: str) -> RoleSFTConfig:
     """The warm start of ``role`` for the RL settings ``cfg`` (an ``RLConfig``)."""
     return RoleSFTConfig(role=role, task=cfg.task, task_seed=cfg.task_seed, model=cfg.model,
-                         steps=cfg.sft_steps if role == "solver" else PLANNER_SFT_STEPS, max_slots=N_LATENT)
+                         steps=cfg.sft_steps, max_slots=N_LATENT)
 
 
 def role_inits(cfg, progress: bool = True) -> dict[str, str]:
