@@ -2,10 +2,13 @@
 
     python bench/memory_compare.py [--runs DIR ...] [--seeds 0 1 2] [--out bench/out/memory] [--run] [--quick]
 
-Each ``latentmem`` run evaluates every arm on the same questions with the same bank and decoding
-seed (``eval.json``: ``arms``): ``none``, ``text`` (retrieved transcript in the prompt),
-``latentmem`` (trained composer) and the control ``latent_noexp`` (trained composer, no
-experience), plus ``before`` (untrained composer). ``--run`` trains the missing runs
+Each ``latentmem`` run evaluates every arm of the planner/solver team on the same questions with
+the same bank and decoding seed (``eval.json``: ``arms``): ``none``, ``text`` (retrieved transcript
+in each role's prompt), ``latentmem`` (trained composer, one latent memory per role), the controls
+``latent_swap`` (the roles' latent memories exchanged) and ``latent_noexp`` (trained composer, no
+experience), plus ``before`` (untrained composer). A second table: the cosine between the
+planner's and the solver's latent memory of one question against that between two questions of
+one role (``latent_roles``). ``--run`` trains the missing runs
 (``latentmem[-quick]-sS`` under ``--out``) one after the other with ``--threads 1``. Prints
 mean ± sample std over the runs, then the per-run values.
 """
@@ -19,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ARMS = ("none", "text", "latentmem", "latent_noexp")
+ARMS = ("none", "text", "latentmem", "latent_swap", "latent_noexp")
 
 
 def run_one(seed: int, out: Path, quick: bool) -> None:
@@ -37,18 +40,26 @@ def fmt(values: list[float], digits: int = 3) -> str:
 
 
 def table(reports: list[dict]) -> str:
-    rows = [("arm", "success (T=1, 2 samples)", "greedy success", "prompt tokens / question", "abstain rate")]
+    rows = [("arm", "success (T=1)", "greedy success", "planner exact plan (T=1)", "prompt tokens planner",
+             "prompt tokens solver", "prompt tokens total")]
     before = [r["before"] for r in reports]
     for arm in ("before",) + tuple(a for a in ARMS if all(a in r["arms"] for r in reports)):
         vals = before if arm == "before" else [r["arms"][arm] for r in reports]
         name = "latentmem, untrained composer" if arm == "before" else arm
         rows.append((name, fmt([v["success"] for v in vals]), fmt([v["success_greedy"] for v in vals]),
-                     fmt([v["prompt_tokens"] for v in vals], 1), fmt([v["rate_abstain"] for v in vals])))
+                     fmt([v["plan_exact"] for v in vals]), fmt([v["prompt_tokens_planner"] for v in vals], 1),
+                     fmt([v["prompt_tokens_solver"] for v in vals], 1), fmt([v["prompt_tokens"] for v in vals], 1)))
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lm = [r["arms"]["latentmem"]["success"] - r["arms"]["none"]["success"] for r in reports]
     out.append("")
-    out.append(f"latentmem − none (sampled success), per run: {fmt(lm)}")
+    for a, b in (("latentmem", "none"), ("latentmem", "text"), ("latentmem", "latent_swap")):
+        d = [r["arms"][a]["success"] - r["arms"][b]["success"] for r in reports]
+        out.append(f"- {a} − {b} (sampled success), per run: {fmt(d)}")
+    if all("latent_roles" in r for r in reports):
+        out += ["", "| latent memories (trained composer) | value |", "|---|---|"]
+        for k in ("cos_planner_solver", "cos_same_role_other_question", "rel_diff_planner_solver", "norm_planner",
+                  "norm_solver"):
+            out.append(f"| {k} | {fmt([r['latent_roles'][k] for r in reports])} |")
     return "\n".join(out)
 
 

