@@ -211,6 +211,20 @@ def train_one(name, graph, seed, args, lines, tok) -> dict:
     return result
 
 
+def escape_step(answer_curve: list[float], threshold: float = 1.0, window: int = 20) -> int | None:
+    """The first step (1-based) at which the value-digit CE, averaged over the last ``window``
+    steps, falls below ``threshold`` nats (ln 10 = 2.30 is chance): when the model left the
+    plateau and started looking keys up. ``None`` if it never did. Copy-only steps (NaN) are skipped."""
+    recent = []
+    for step, value in enumerate(answer_curve, 1):
+        if value != value:  # NaN: a copy-only step
+            continue
+        recent = (recent + [value])[-window:]
+        if len(recent) == window and statistics.fmean(recent) < threshold:
+            return step
+    return None
+
+
 def _ms(values):
     spread = statistics.pstdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.3f} ± {spread:.3f} ({', '.join(f'{v:.2f}' for v in values)})"
@@ -248,13 +262,15 @@ def report(results: list[dict], setting: dict, out: Path) -> str:
     copy = f" (the first {setting['copy_steps']} on copy sequences alone)" if setting.get("copy_steps") else ""
     lines_out = [f"{setting['steps']} steps{copy} x {setting['batch']} sequences of {setting['context']} filler tokens, {setting['keys']} keys, "
                  f"{setting['queries']} queries, {setting['distractors']} distractors; seeds {seeds}; mean ± spread (per seed)", "",
-                 "| model | parameters | KV bytes/token at " + str(longest) + " (fp32) | final loss | "
-                 + " | ".join(f"accuracy @ {c}" for c in contexts) + " |",
-                 "|---|---|---|---|" + "---|" * len(contexts)]
+                 "| model | parameters | KV bytes/token at " + str(longest) + " (fp32) | final loss | final value CE | "
+                 "step value CE < 1 | " + " | ".join(f"accuracy @ {c}" for c in contexts) + " |",
+                 "|---|---|---|---|---|---|" + "---|" * len(contexts)]
     for name in models:
         rs = [r for r in results if r["model"] == name]
         kv = kv_plan(graphs()[name], 1, longest, "float32").total_bytes / longest
+        escapes = ", ".join(str(escape_step(r["answer_curve"]) or "never") for r in rs)
         lines_out.append(f"| {name} | {rs[0]['params']:,} | {kv:,.0f} | {_ms([statistics.fmean(r['curve'][-20:]) for r in rs])} | "
+                         f"{_ms([statistics.fmean(r['answer_curve'][-20:]) for r in rs])} | {escapes} | "
                          + " | ".join(_ms([r["accuracy"][c] for r in rs]) for c in contexts) + " |")
     lines_out += ["", "accuracy by depth of the key (quarters), mean over seeds:", "",
                   "| model | context | 0-25% | 25-50% | 50-75% | 75-100% |", "|---|---|---|---|---|---|"]

@@ -118,6 +118,15 @@ def _fake_run(directory, model, seed, setting, acc):
                                                        "runs": [run]}))
 
 
+def test_escape_step_is_the_first_window_below_the_threshold():
+    escape_step = _load("retrieval").escape_step
+    nan = float("nan")
+    curve = [nan] * 5 + [2.3] * 10 + [0.5] * 10
+    assert escape_step(curve, threshold=1.0, window=4) == 5 + 10 + 3  # the window mean 0.95 < 1 at the third 0.5
+    assert escape_step([2.3] * 50) is None
+    assert escape_step(curve, window=30) is None  # fewer scored steps than the window
+
+
 def test_retrieval_combines_separate_runs_into_one_table(tmp_path):
     """Runs trained as separate processes (one model and seed each) make one table; a run with
     another training setting, or a directory without a result, is refused by name."""
@@ -132,6 +141,7 @@ def test_retrieval_combines_separate_runs_into_one_table(tmp_path):
     assert "the first 10 on copy sequences alone" in table
     assert "| hysparse |" in table and "0.600 ± 0.100 (0.50, 0.70)" in table  # mean ± spread of the two seeds
     assert "| full | 192 | 0.12 | 0.12 | 0.12 | 0.12 |" in table
+    assert "| 2.250 ± 0.000 (2.25) | never |" in table  # final value CE of full, which never left chance
     _fake_run(tmp_path / "other", "full", 1, {**setting, "lr": 3e-3}, 0.1)
     with pytest.raises(ValueError, match=r"other.*\(lr\)"):
         mod.combine([dirs[0], tmp_path / "other"])
