@@ -5,7 +5,12 @@ full layers of the model zoo run it (``models/layers.py:_attend_and_select``).
 Implementations, rounds interleaved in one process (``bench/ops/harness.py``):
 
 * ``tvm ragged``: one ``attention_with_block_scores(..., cache_seqlens=lens, backend="tvm")`` call
-  for the whole batch, then ``topk_blocks`` (the reference: a sort, no kernel);
+  for the whole batch, then ``topk_blocks`` (the reference: a sort, no kernel); a decode step
+  runs the decode kernel, which reads the cache in place;
+* ``tvm ragged, prefill kernel``: the same call on the dense prefill kernel (what a decode step
+  ran before the decode kernel took block scores: a K^T / V re-layout of the cache each call);
+* ``tvm decode, no scores``: ``attention_decode`` on the same batch, then the same top-k on
+  precomputed scores: the cost of the attention alone, the floor of a scoring step;
 * ``reference ragged``: the same two calls on the reference backend (what a ragged batch ran on
   before the TVM kernel took ``cache_seqlens``);
 * ``tvm per-sequence loop``: the TVM kernel once per sequence over its own keys.
@@ -46,6 +51,20 @@ def ragged_decode_case(lengths=LENGTHS, block: int = 64, topk: int = 16, dtype=t
         _, _, scores = hk.attention_with_block_scores(q, k, v, block_size=block, cache_seqlens=lens, backend=backend)
         return hk.topk_blocks(scores, topk, block_size=block, seqlen_k=smax, cache_seqlens=lens, backend="reference")
 
+    def prefill_kernel():
+        from hysparse_kernels.ops.attention.tvm import launch
+
+        _, _, scores = launch._run_dense(q, k, v, None, True, None, D**-0.5, block,
+                                         {"rows": launch.scores_rows(HQ // HKV, 1), "kv_tile": block}, kv_len=lens)
+        return hk.topk_blocks(scores, topk, block_size=block, seqlen_k=smax, cache_seqlens=lens, backend="reference")
+
+    fixed_scores = hk.attention_with_block_scores(q, k, v, block_size=block, cache_seqlens=lens, backend="reference")[2]
+
+    def decode_only():
+        hk.attention_decode(q, k, v, lens, backend="tvm")
+        return hk.topk_blocks(fixed_scores, topk, block_size=block, seqlen_k=smax, cache_seqlens=lens,
+                              backend="reference")
+
     def loop():
         out = []
         for b, n in enumerate(lengths):
@@ -57,6 +76,8 @@ def ragged_decode_case(lengths=LENGTHS, block: int = 64, topk: int = 16, dtype=t
     name = f"ragged decode block scores + top-{topk}, B={B} lengths {'/'.join(map(str, lengths))}, {str(dtype).split('.')[-1]}"
     case = Case(name, 4.0 * HQ * D * sum(lengths), rounds=21)
     case.impls["tvm ragged"] = lambda: step("tvm")
+    case.impls["tvm ragged, prefill kernel"] = prefill_kernel
+    case.impls["tvm decode, no scores"] = decode_only
     case.impls["reference ragged"] = lambda: step("reference")
     case.impls["tvm per-sequence loop"] = loop
     return case

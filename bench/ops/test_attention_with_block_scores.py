@@ -17,7 +17,8 @@ from harness import built, run_benchmark  # noqa: E402
 
 # name: (build, implementations)
 _CASES = {
-    "ragged-decode-fp32": (suite.ragged_decode_case, ("tvm ragged", "reference ragged", "tvm per-sequence loop")),
+    "ragged-decode-fp32": (suite.ragged_decode_case, ("tvm ragged", "tvm ragged, prefill kernel", "tvm decode, no scores",
+                                                      "reference ragged", "tvm per-sequence loop")),
 }
 
 

@@ -62,6 +62,12 @@ def test_tvm_spaces():
     assert {"rows": 64, "kv_tile": 64} in att and all(c["rows"] >= 4 for c in att)
     (dec,) = spaces.space("attention_decode", "tvm", SHAPE, "bfloat16", device.detect("cpu"))
     assert all(set(c) == {"kv_tile"} for c in dec)
+    # block scores of a prefill choose rows; of a decode step the decode kernel runs (one config)
+    (bs_prefill,) = spaces.space("attention_with_block_scores", "tvm", {**SHAPE, "group": 4}, "float32", device.detect("cpu"))
+    assert len(bs_prefill) > 1 and all(set(c) == {"rows"} for c in bs_prefill)
+    (bs_decode,) = spaces.space("attention_with_block_scores", "tvm", {**SHAPE, "group": 4, "seq_q": 1}, "float32",
+                                device.detect("cpu"))
+    assert len(bs_decode) == 1
     gate_up, down, mt = spaces.space("moe_fwd", "tvm", {"tokens": 64}, "bfloat16", device.Device("k", "n", "cpu", vector_registers=16))
     # gate/up keeps 2 accumulators per tile element: 2 x 4 tiles (16 + 8 + 2 registers) do not fit 16
     assert {"gate_up_mr": 2, "gate_up_nr": 2} in gate_up and {"gate_up_mr": 2, "gate_up_nr": 4} not in gate_up

@@ -121,8 +121,11 @@ def test_gradcheck_block_scores_out_and_lse():
 
 @requires("tvm")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("case", [(1, 8, 2, 100, 100, 64, 64, 64), (1, 4, 1, 37, 130, 64, 32, 16), (2, 4, 4, 65, 65, 32, 32, 32)],
-                         ids=["S100-bs64", "S37x130-bs16", "B2-S65-bs32"])
+@pytest.mark.parametrize("case", [(1, 8, 2, 100, 100, 64, 64, 64), (1, 4, 1, 37, 130, 64, 32, 16), (2, 4, 4, 65, 65, 32, 32, 32),
+                                  # decode and verification steps (the decode kernel, cache read in place)
+                                  (2, 8, 2, 1, 300, 64, 32, 64), (1, 4, 1, 5, 130, 32, 64, 16), (1, 6, 3, 8, 97, 64, 64, 32)],
+                         ids=["S100-bs64", "S37x130-bs16", "B2-S65-bs32", "decode-Sk300-bs64", "verify5-Sk130-bs16",
+                              "verify8-Sk97-bs32"])
 def test_tvm_block_scores_match_reference(case, dtype):
     B, Hq, Hkv, Sq, Sk, Dqk, Dv, bs = case
     q, k, v = _tvm_qkv(B, Hq, Hkv, Sq, Sk, Dqk, Dv, dtype)

@@ -90,15 +90,15 @@ def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, 
     return get_module(op, spec, build, cpu_target_spec(), source=_source_hash(), required=("prep", "main")), spec
 
 
-def _rows_module(op, dqk, dv, group, dtype, bn, sparse, window, sink):
+def _rows_module(op, dqk, dv, group, dtype, bn, sparse, window, sink, scores=False):
     spec = dict(kernel="rows", dqk=dqk, dv=dv, group=group, bn=bn, dtype=dtype, sparse=bool(sparse),
-                window=window is not None, sink=sink is not None)
+                window=window is not None, sink=sink is not None, scores=bool(scores))
 
     def build():
         from .sparse_attention import build_rows
 
         return build_rows(dqk=dqk, dv=dv, group=group, bn=bn, dtype=dtype, sparse=spec["sparse"],
-                          has_window=spec["window"], has_sink=spec["sink"])
+                          has_window=spec["window"], has_sink=spec["sink"], scores=spec["scores"])
 
     return get_module(op, spec, build, cpu_target_spec(), source=_source_hash())
 
@@ -144,20 +144,28 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     return out, lse, scores
 
 
-def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale, config=None):
+def _run_rows(op, q, k, v, kv_len, indices, block_size, sink, window, scale, config=None, scores=False):
+    """The decode / sparse kernel: ``(out, lse)``, and the block scores ``[B, Hkv, Sq, ceil(Sk /
+    block_size)]`` as a third result when ``scores`` (causal decode tiles of ``block_size`` keys)."""
     B, Hq, Sq, Dqk = q.shape
-    Hkv, Dv = k.shape[1], v.shape[-1]
+    Hkv, Sk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     sparse = indices is not None
-    bn = block_size if sparse else int((config or {}).get("kv_tile", KV_TILE))
-    lib = _rows_module(op, Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], bn, sparse, window, sink)
+    bn = block_size if sparse or scores else int((config or {}).get("kv_tile", KV_TILE))
+    lib = _rows_module(op, Dqk, Dv, Hq // Hkv, _DTYPES[q.dtype], bn, sparse, window, sink, scores)
     out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
+    if scores:
+        nblocks = -(-Sk // bn)
+        tmax = torch.empty(B, Hq, Sq, nblocks, dtype=torch.float32)
+        block_scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
+    else:
+        tmax = block_scores = _NO_SCORES
     idx = _c(indices.to(torch.int32)) if sparse else _NO_INDICES
-    keys = indices.shape[-1] * bn if sparse else min(k.shape[2], window) if window is not None else k.shape[2]
+    keys = indices.shape[-1] * bn if sparse else min(Sk, window) if window is not None else Sk
     threads.before_launch(2.0 * B * Hq * Sq * keys * (Dqk + Dv))
-    lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink), out, lse,
+    lib["main"](_c(q), _c(k), _c(v), _c(kv_len.to(torch.int32)), idx, _sink_arg(sink), out, lse, tmax, block_scores,
                 int(window) if window is not None else 0, float(scale))
-    return out, lse
+    return (out, lse, block_scores) if scores else (out, lse)
 
 
 # ---------------------------------------------------------------- the registered implementations
@@ -201,7 +209,14 @@ def attention_with_block_scores(q, k, v, block_size, causal, scale, cache_seqlen
     (int ``[B]``, optional): sequence b of a padded cache holds its first ``cache_seqlens[b]``
     keys and its queries sit at ``cache_seqlens[b] - Sq + i`` (the whole batch in one launch;
     blocks past a sequence's keys score 0). Returns ``(out, lse, block_scores)``.
+
+    A causal call of at most ``FEW_QUERIES`` queries (a decode or verification step) runs the
+    decode kernel, which reads the cache in place; longer calls run the dense prefill kernel.
     """
+    if causal and q.shape[2] <= FEW_QUERIES:
+        lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32) if cache_seqlens is None else cache_seqlens
+        return _run_rows("attention_with_block_scores", q, k, v, lens, None, block_size, None, None, scale,
+                         scores=True)
     group = q.shape[1] // k.shape[1]
     return _tuned("attention_with_block_scores", q, k, v, None, {"rows": scores_rows(group, q.shape[2])},
                   lambda c: _run_dense(q, k, v, None, causal, None, scale, block_size, {**c, "kv_tile": block_size},
@@ -277,6 +292,8 @@ def search_space(op: str, shape: dict, dtype: str, device) -> list[list[dict]]:
     if op == "attention_decode" or (op == "attention_fwd" and int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES):
         return [[{"kv_tile": t} for t in _KV_TILES + (256,)]]
     rows = [r for r in (16, 32, 64, 128) if r >= group]
+    if op == "attention_with_block_scores" and int(shape.get("seq_q", 1 << 30)) <= FEW_QUERIES:
+        return [[heuristic_config(op, shape)]]  # the decode kernel runs it: nothing to choose
     if op == "attention_with_block_scores":
         return [[{"rows": r} for r in rows]]
     return [[{"rows": r, "kv_tile": t} for r in rows for t in _KV_TILES]]
@@ -299,6 +316,9 @@ def run_with_config(op: str, config: dict, q, k, v, *, window=None, block_size=N
     scale = q.shape[-1] ** -0.5
     if op == "attention_with_block_scores":
         bs = int(block_size)
+        if q.shape[2] <= FEW_QUERIES:
+            lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)
+            return _run_rows(op, q, k, v, lens, None, bs, None, None, scale, scores=True)
         return _run_dense(q, k, v, None, True, None, scale, bs, {**config, "kv_tile": bs})
     if op == "attention_decode" or q.shape[2] <= FEW_QUERIES:
         lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32)

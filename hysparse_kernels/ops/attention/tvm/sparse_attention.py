@@ -11,6 +11,12 @@ Two tile sources:
   (``cache_seqlens[b] - Sq + i``) and the window.
 * ``sparse=True``: the blocks listed in ``indices[b, hk, i, :]``; ``-1`` pads and a block listed
   twice counts once. Keys after the query are masked (causal inside its own block).
+
+``scores=True`` (decode tiles, no window or sink; the tile is the HySparse block) also writes the
+block scores of ``attention_with_block_scores`` for a few queries per sequence: each tile's max
+logit per head goes to ``tmax [B, Hq, Sq, nblocks]``; once the row's lse is known,
+``score [B, Hkv, Sq, nblocks]`` = max over the group of ``exp(tmax - lse)``, 0 for blocks the
+query cannot see. The cache is read in place, as for decode: no K^T / V workspace.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from .common import NEG, fast_exp, f32, loop_kinds, row_tile, vec_width
 
 
 def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bool,
-               has_window: bool, has_sink: bool, target_kind: str = "llvm") -> tvm.IRModule:
+               has_window: bool, has_sink: bool, scores: bool = False, target_kind: str = "llvm") -> tvm.IRModule:
     """IRModule with ``main`` for one specialisation (batch, heads and lengths stay symbolic)."""
     G, DQK, DV, BN = group, dqk, dv, bn
     DW = vec_width(dqk)  # lanes of the dot products
@@ -30,14 +36,17 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
     RT = row_tile(G)
     VL = vec_width(bn, (8, 4, 2, 1))
     CR = max(G * DW, RT * EV)
-    SPARSE, WIN, SINK = sparse, has_window, has_sink
+    SPARSE, WIN, SINK, BS = sparse, has_window, has_sink, scores
+    if scores and (sparse or has_window or has_sink):
+        raise ValueError("scores: block scores are built for decode tiles without window or sink")
     WIN_I = 1 if has_window else 0
     NEGC = f32(NEG)
     PAR, VEC, SCOPE = loop_kinds(target_kind)
 
     @T.prim_func
     def main(q_h: T.handle, k_h: T.handle, v_h: T.handle, kvlen_h: T.handle, idx_h: T.handle,
-             sink_h: T.handle, out_h: T.handle, lse_h: T.handle, window: T.int32, scale: T.float32):
+             sink_h: T.handle, out_h: T.handle, lse_h: T.handle, tmax_h: T.handle, score_h: T.handle,
+             window: T.int32, scale: T.float32):
         B = T.int32()
         Hq = T.int32()
         Hkv = T.int32()
@@ -48,6 +57,15 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
         IH = T.int32()
         IS = T.int32()
         NK = T.int32()
+        # block-score buffers have their own dims: without scores the launcher passes placeholders
+        TB = T.int32()
+        TH = T.int32()
+        TS = T.int32()
+        NB = T.int32()
+        SB = T.int32()
+        SH = T.int32()
+        SS = T.int32()
+        NBs = T.int32()
         Q = T.match_buffer(q_h, (B, Hq, Sq, DQK), dtype)
         K = T.match_buffer(k_h, (B, Hkv, Sk, DQK), dtype)
         V = T.match_buffer(v_h, (B, Hkv, Sk, DV), dtype)
@@ -56,6 +74,8 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
         Sink = T.match_buffer(sink_h, (Hs,), "float32")
         Out = T.match_buffer(out_h, (B, Hq, Sq, DV), dtype)
         Lse = T.match_buffer(lse_h, (B, Hq, Sq), "float32")
+        Tmax = T.match_buffer(tmax_h, (TB, TH, TS, NB), "float32")  # [B, Hq, Sq, nblocks]
+        Score = T.match_buffer(score_h, (SB, SH, SS, NBs), "float32")  # [B, Hkv, Sq, nblocks]
         for task in PAR(B * Hkv * Sq):
             Qs = T.alloc_buffer((G, DQK), "float32", scope=SCOPE)
             Ss = T.alloc_buffer((G, BN), "float32", scope=SCOPE)
@@ -148,6 +168,8 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                         Sc[0] = NEGC
                         for l in range(VL):
                             Sc[0] = T.max(Sc[0], Red[l])
+                        if BS:
+                            Tmax[b, hk * G + g, i, Ib[2]] = Sc[0]
                         Sc[1] = T.max(Mx[g], Sc[0])
                         Al[g] = fast_exp(Mx[g] - Sc[1])
                         Mx[g] = Sc[1]
@@ -187,11 +209,23 @@ def build_rows(*, dqk: int, dv: int, group: int, bn: int, dtype: str, sparse: bo
                 # and a NaN denominator must give NaN.)
                 if Sc[2] == f32(0.0):
                     Sc[3] = f32(0.0)
-                    Lse[b, hk * G + g, i] = T.infinity("float32") * f32(-1.0)
+                    Al[g] = T.infinity("float32") * f32(-1.0)
                 else:
                     Sc[3] = Sc[1] / Sc[2]
-                    Lse[b, hk * G + g, i] = Sc[0] + T.log(Sc[2])
+                    Al[g] = Sc[0] + T.log(Sc[2])
+                Lse[b, hk * G + g, i] = Al[g]
                 for e in VEC(DV):
                     Out[b, hk * G + g, i, e] = T.Cast(dtype, Acc[g, e] * Sc[3])
+            if BS:
+                # score = max over the group of exp(tmax - lse) for the tiles the query saw
+                # ([0, Ib[1]): by position, as the dense kernel), 0 past them. A NaN row has lse
+                # NaN and gives NaN for every block it sees; NaN wins the max.
+                for blk in range(NBs):
+                    Sc[0] = f32(0.0)
+                    if blk < Ib[1]:
+                        for g in range(G):
+                            Sc[1] = T.exp(Tmax[b, hk * G + g, i, blk] - Al[g])
+                            Sc[0] = T.Select(Sc[1] > Sc[0] or T.isnan(Sc[1]), Sc[1], Sc[0])
+                    Score[b, hk, i, blk] = Sc[0]
 
     return tvm.IRModule({"main": main})
