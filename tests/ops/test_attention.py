@@ -248,6 +248,22 @@ def test_swa_float16():
 
 
 @requires("tvm")
+@pytest.mark.parametrize("wide", [False, True], ids=["avx2-tiles", "avx512-tiles"])
+@pytest.mark.parametrize("case", [SWA_CASES[1], SWA_CASES[5]], ids=[_swa_id(SWA_CASES[1]), _swa_id(SWA_CASES[5])])
+def test_swa_band_kernel_both_register_tilings(case, wide, monkeypatch):
+    """Both register tilings of the band kernel (AVX2's 16 registers, AVX-512's 32), whichever
+    this machine has: the tiling is part of the build's key."""
+    from hysparse_kernels.ops.attention.tvm import launch_swa
+
+    monkeypatch.setattr(launch_swa, "wide_registers", lambda: wide)
+    B, Hq, Hkv, Sq, Sk, Dqk, Dv, window, has_sink = case
+    q, k, v = _swa_qkv(B, Hq, Hkv, Sq, Sk, Dqk, Dv, torch.float32)
+    sink = torch.randn(Hq) if has_sink else None
+    got = hk.attention(q, k, v, window=window, sink=sink, return_lse=True, backend="tvm")
+    _swa_check(got, (q, k, v, sink, True, window, Dqk**-0.5), torch.float32, _swa_id(case))
+
+
+@requires("tvm")
 def test_window_above_the_band_kernel_runs_dense(monkeypatch):
     """Windows above SWA_MAX_WINDOW take the dense kernel (here with the limit lowered)."""
     monkeypatch.setattr(launch, "SWA_MAX_WINDOW", 8)

@@ -7,6 +7,7 @@ import torch
 
 from .... import tuned
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from ....backends.tvm.workspace import fresh
 from .host import _DTYPES, _c, _sink_arg, _source_hash
 
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
@@ -124,14 +125,14 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     bn = spec["bn"]
     nblocks = -(-Sk // bn)
     # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles.
-    kt = torch.empty(B, Hkv, nblocks, Dqk, bn, dtype=torch.float32)
-    vp = torch.empty(B, Hkv, nblocks * bn, Dv, dtype=torch.float32)
+    kt = fresh((B, Hkv, nblocks, Dqk, bn))
+    vp = fresh((B, Hkv, nblocks * bn, Dv))
     bad = torch.empty(B, Hkv, nblocks, dtype=torch.float32)  # V tiles holding NaN / inf
-    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
+    out = fresh((B, Hq, Sq, Dv), q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
     kv_len = torch.full((B,), Sk, dtype=torch.int32) if kv_len is None else _c(kv_len.to(torch.int32))
     if block_size is not None:
-        tmax = torch.empty(B, Hq, Sq, nblocks, dtype=torch.float32)
+        tmax = fresh((B, Hq, Sq, nblocks))
         scores = torch.empty(B, Hkv, Sq, nblocks, dtype=torch.float32)
     else:
         tmax = scores = _NO_SCORES

@@ -16,6 +16,7 @@ import math
 import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from ....backends.tvm.workspace import fresh
 from .host import _DTYPES, _c, _source_hash
 
 # Query rows per tile (group heads x queries): 32 rows amortise each K / V block over 32 x (Dqk + Dv)
@@ -105,9 +106,9 @@ def _run_bwd(dout, dlse, q, k, v, sink, out, lse, scale, *, causal, window, indi
     else:
         qoff = qidx = _NO_LIST
         keys = B * Hkv * Sq * group * (min(Sk, window) if window is not None else (Sk + 1) / 2 if causal else Sk)
-    dqp = torch.zeros(chunks, B, Hq, Sq, Dqk, dtype=torch.float32)
-    dk = torch.empty(B, Hkv, Sk, Dqk, dtype=k.dtype)
-    dv = torch.empty(B, Hkv, Sk, Dv, dtype=v.dtype)
+    dqp = fresh((chunks, B, Hq, Sq, Dqk)).zero_()
+    dk = fresh((B, Hkv, Sk, Dqk), k.dtype)
+    dv = fresh((B, Hkv, Sk, Dv), v.dtype)
     threads.before_launch(2.0 * keys * (3 * Dqk + 2 * Dv))  # five GEMMs over the visible pairs
     lib["main"](_c(q), _c(k), _c(v), _c(dout.to(q.dtype)), lse32, delta, qoff, qidx, dqp, dk, dv,
                 int(window) if window is not None else 0, float(scale))

@@ -10,7 +10,8 @@ from functools import lru_cache
 import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
-from ....backends.tvm.workspace import workspace
+from ....backends.tvm.workspace import fresh, workspace
+from .common import wide_registers
 from .host import _DTYPES, _c, _sink_arg, _source_hash
 
 # Query rows per task (group heads x queries): 24 rows make 4 register tiles of 6 rows; fewer
@@ -44,10 +45,13 @@ def run_swa(q, k, v, sink, window: int, scale: float):
     span = band_width(int(window), bm)
     dtype = _DTYPES[q.dtype]
     q, k, v = _c(q), _c(k), _c(v)
-    spec = dict(kernel="swa", dqk=Dqk, dv=Dv, group=group, bm=bm, span=span, dtype=dtype, sink=sink is not None)
+    wide = wide_registers()
+    spec = dict(kernel="swa", dqk=Dqk, dv=Dv, group=group, bm=bm, span=span, dtype=dtype, sink=sink is not None,
+                wide=wide)
 
     def build():
-        return build_swa(dqk=Dqk, dv=Dv, group=group, bm=bm, span=span, dtype=dtype, has_sink=sink is not None)
+        return build_swa(dqk=Dqk, dv=Dv, group=group, bm=bm, span=span, dtype=dtype, has_sink=sink is not None,
+                         wide=wide)
 
     lib = get_module("attention_fwd", spec, build, cpu_target_spec(), source=_source_hash() + _swa_source_hash(),
                      required=("prep", "main"))
@@ -55,7 +59,7 @@ def run_swa(q, k, v, sink, window: int, scale: float):
     ws = workspace("swa.kt", B * Hkv * nc * (Dqk * 16 + 1))  # kept: a fresh one faults in page by page
     kt = ws[: B * Hkv * nc * Dqk * 16].view(B, Hkv, nc, Dqk, 16)
     bad = ws[B * Hkv * nc * Dqk * 16:].view(B, Hkv, nc)
-    out = torch.empty(B, Hq, Sq, Dv, dtype=q.dtype)
+    out = fresh((B, Hq, Sq, Dv), q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
     threads.before_launch(2.0 * B * Hq * Sq * min(Sk, window) * (Dqk + Dv))
     lib["prep"](k, v, kt, bad)

@@ -37,7 +37,7 @@ import tvm
 from . import kernels as K
 from .... import tuned
 from ....backends.tvm import threads
-from ....backends.tvm.workspace import workspace
+from ....backends.tvm.workspace import fresh, workspace
 
 threads.prepare()  # size TVM's pool before anything here can start it
 
@@ -154,7 +154,7 @@ def grouped_gemm(x_sorted: Tensor, w: Tensor, expert_offsets: Tensor) -> Tensor:
     wp = _pad_k(w, lanes)
     E, N, Kp = wp.shape
     M = x.shape[0]
-    y = torch.empty(M, N, dtype=x_sorted.dtype)
+    y = fresh((M, N), x_sorted.dtype)
     if M == 0:
         return y
     dummy_rows = torch.empty(M, dtype=torch.int64)
@@ -206,7 +206,7 @@ def _moe(x: Tensor, w_gate_up: Tensor, w_down: Tensor, weights: Tensor, expert_i
     _gemm_lib(E, D, wd.shape[2], "down", dtype, rpe, down_tile, cfg["mt"])["main"](_pad_k(h, lanes), rowtok, wd, offsets, scale, y)
     if D % lanes:
         return y[inverse.view(T, k)].sum(1).to(x.dtype)
-    out = torch.empty(T, D, dtype=x.dtype)
+    out = fresh((T, D), x.dtype)
     _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
     return out
 
@@ -243,7 +243,7 @@ def _moe_blas(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offs
     k = inverse.numel() // T
     if D % K.lanes(_dtype(x)):
         return y[inverse.view(T, k)].sum(1)
-    out = torch.empty(T, D, dtype=x.dtype)
+    out = fresh((T, D), x.dtype)
     threads.before_launch(float(M * D))
     _combine_lib(D, k, _dtype(x))["main"](y, inverse.view(T, k), out)
     return out
@@ -277,7 +277,7 @@ def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offset
     down["main"](ht, w_down.contiguous(), offsets, scale.float().contiguous(), y)
     if D % K.lanes(dtype):
         return y[inverse.view(T, k)].sum(1).to(x.dtype)
-    out = torch.empty(T, D, dtype=x.dtype)
+    out = fresh((T, D), x.dtype)
     _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
     return out
 
