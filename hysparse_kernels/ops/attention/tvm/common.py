@@ -50,7 +50,7 @@ def fast_exp(x):
 
 
 def vec_width(n: int, widths=(16, 8, 4, 2, 1)) -> int:
-    """Largest SIMD chunk in ``widths`` dividing ``n`` (16 fp32 lanes = two AVX2 registers)."""
+    """Largest SIMD chunk in ``widths`` dividing ``n`` (16 fp32 lanes: one AVX-512 register, two AVX2 ones)."""
     for w in widths:
         if n % w == 0:
             return w
