@@ -36,6 +36,12 @@ def cases() -> dict:
     q1, k1, v1 = qkv(1024, torch.float32)
     qb, kb, vb = qkv(1024, torch.bfloat16)
     q2, k2, v2 = qkv(2048, torch.float32)
+    q4, k4, v4 = qkv(4096, torch.float32)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q1, k1, v1))
+    dout = torch.randn(1, HQ, 1024, D, generator=g)
+
+    def train_step():
+        hk.attention(qg, kg, vg, backend="tvm").backward(dout)
     qd = torch.randn(1, HQ, 1, D, generator=g)
     kc, vc = torch.randn(1, HKV, CTX, D, generator=g), torch.randn(1, HKV, CTX, D, generator=g)
     lens = torch.tensor([CTX], dtype=torch.int32)
@@ -45,6 +51,8 @@ def cases() -> dict:
     return {
         "prefill-1K-fp32": lambda: hk.attention(q1, k1, v1, backend="tvm"),
         "prefill-1K-bf16": lambda: hk.attention(qb, kb, vb, backend="tvm"),
+        "prefill-4K-fp32": lambda: hk.attention(q4, k4, v4, backend="tvm"),
+        "fwd+bwd-1K-fp32": train_step,
         "swa128-2K-fp32": lambda: hk.attention(q2, k2, v2, window=128, sink=sink, backend="tvm"),
         "decode-32K": lambda: hk.attention_decode(qd, kc, vc, lens, backend="tvm"),
         "sparse-decode-32K": lambda: hk.sparse_attention_decode(qd, kc, vc, lens, idx, block_size=64, backend="tvm"),

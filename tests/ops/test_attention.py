@@ -140,6 +140,20 @@ def test_prefill_matches_reference(case, dtype):
 
 
 @requires("tvm")
+@pytest.mark.parametrize("wide", [False, True], ids=["avx2-tiles", "avx512-tiles"])
+@pytest.mark.parametrize("case", [PREFILL[2], PREFILL[4], PREFILL[5]], ids=[_tvm_id(c) for c in (PREFILL[2], PREFILL[4], PREFILL[5])])
+def test_prefill_both_register_tilings(case, wide, monkeypatch):
+    """The dense kernel's 16-lane (AVX2) and 32-lane (AVX-512) register tiles, whichever this
+    machine has: the tiling is part of the build's key."""
+    monkeypatch.setattr(launch, "wide_registers", lambda: wide)
+    B, Hq, Hkv, Sq, Sk, Dqk, Dv, window, has_sink = case
+    q, k, v = _tvm_qkv(B, Hq, Hkv, Sq, Sk, Dqk, Dv, torch.float32)
+    sink = torch.randn(Hq) if has_sink else None
+    got = launch._run_dense(q, k, v, sink, True, window, Dqk**-0.5)[:2]
+    _check("attention", got, ref.attention_fwd, (q, k, v, sink, True, window, Dqk**-0.5), torch.float32)
+
+
+@requires("tvm")
 def test_float16_prefill_and_decode():
     q, k, v = _tvm_qkv(1, 8, 2, 70, 70, 64, 32, torch.float16)
     sink = torch.randn(8)

@@ -93,6 +93,21 @@ def test_dense_backward_matches_reference(case, dtype):
 
 
 @requires("tvm")
+@pytest.mark.parametrize("wide", [False, True], ids=["avx2-tiles", "avx512-tiles"])
+@pytest.mark.parametrize("case", [DENSE[2], DENSE[4], DENSE[5]], ids=[_tvm_bwd_id(c) for c in (DENSE[2], DENSE[4], DENSE[5])])
+def test_dense_backward_both_register_tilings(case, wide, monkeypatch):
+    """The backward kernel's 16-lane (AVX2) and 32-lane (AVX-512) register tiles."""
+    monkeypatch.setattr(launch_bwd, "wide_registers", lambda: wide)
+    B, Hq, Hkv, Sq, Sk, Dqk, Dv, causal, window, has_sink = case
+    q, k, v, sink = _tvm_bwd_inputs(B, Hq, Hkv, Sq, Sk, Dqk, Dv, torch.float32, has_sink)
+    scale = Dqk**-0.5
+    out, lse = ref.attention_fwd(q, k, v, sink, causal, window, scale)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    args = (dout, dlse, q, k, v, sink, out, lse, causal, window, scale)
+    _check_grads(launch_bwd.attention_bwd(*args), ref.attention_bwd, args, torch.float32, _tvm_bwd_id(case))
+
+
+@requires("tvm")
 def test_backward_is_the_default_on_cpu_and_float64_goes_to_the_reference():
     for op in ("attention_bwd", "sparse_attention_bwd"):
         assert dispatch.resolve(op, "cpu", dtype=torch.float32) == "tvm"

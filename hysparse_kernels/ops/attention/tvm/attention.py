@@ -29,19 +29,23 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import NEG, fast_exp, f32, loop_kinds, row_tile, vec_width
+from .common import NEG, fast_exp, f32, loop_kinds, row_tile, vec_width, wide_registers
 
 
 def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, causal: bool,
-                has_window: bool, has_sink: bool, block_scores: bool, target_kind: str = "llvm", six_rows: bool = True) -> tvm.IRModule:
-    """IRModule with ``prep`` and ``main`` for one specialisation (everything else is symbolic)."""
+                has_window: bool, has_sink: bool, block_scores: bool, target_kind: str = "llvm", six_rows: bool = True,
+                wide: bool | None = None) -> tvm.IRModule:
+    """IRModule with ``prep`` and ``main`` for one specialisation (everything else is symbolic).
+    ``wide``: register tiles for AVX-512 (default: whether the target has it)."""
     R = group * bm  # query rows per task: `group` heads x `bm` queries
     # Rows per register tile: 6 rows x 16 lanes = 12 AVX2 accumulators (+2 loads +1 broadcast =
     # 15 of 16 registers) keep 12 independent FMA chains in flight where 4 x 16 keeps only 8, the
     # bare minimum for two FMA ports of latency 4 (measured: +16% at S=4K on one core).
     RT = row_tile(R, (6, 4, 2, 1) if six_rows else (4, 2, 1))
-    JV = vec_width(bn)  # lanes of the key axis in Q @ K^T
-    EV = vec_width(dv)  # lanes of the value axis in P @ V
+    # With AVX-512's 32 registers the tiles are 32 lanes wide (6 x 32: 12 zmm accumulators).
+    lanes = (32, 16, 8, 4, 2, 1) if (wide_registers(target_kind) if wide is None else wide) else (16, 8, 4, 2, 1)
+    JV = vec_width(bn, lanes)  # lanes of the key axis in Q @ K^T
+    EV = vec_width(dv, lanes)  # lanes of the value axis in P @ V
     VL = vec_width(bn, (8, 4, 2, 1))  # lanes of the row reductions
     CR = RT * max(JV, EV)  # register-tile scratch
     DQK, DV, BN, G, BM = dqk, dv, bn, group, bm

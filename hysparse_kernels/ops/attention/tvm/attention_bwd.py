@@ -45,11 +45,11 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import f32, fast_exp as _exp, loop_kinds, row_tile, vec_width
+from .common import f32, fast_exp as _exp, loop_kinds, row_tile, vec_width, wide_registers
 
 
 def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, causal: bool,
-                   has_window: bool, sparse: bool, target_kind: str = "llvm") -> tvm.IRModule:
+                   has_window: bool, sparse: bool, target_kind: str = "llvm", wide: bool | None = None) -> tvm.IRModule:
     """IRModule with ``main`` for one specialisation (batch, heads, lengths, chunks stay symbolic).
 
     ``main(q, k, v, do, lse, delta, qoff, qidx, dqp, dk, dv, window, scale)``:
@@ -57,14 +57,16 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
     (``dtype``); lse, delta ``[B, Hq, Sq]`` float32; qoff int32 ``[B * Hkv * nblocks + 1]`` and
     qidx int32 ``[n]`` (sparse: the queries of block ``(b, hk, blk)`` are
     ``qidx[qoff[i]:qoff[i + 1]]`` with ``i = (b * Hkv + hk) * nblocks + blk``; placeholders otherwise); dqp float32 ``[C, B, Hq, Sq, dqk]``
-    (zeroed by the caller, unscaled); dk, dv like k, v (fully written).
+    (zeroed by the caller, unscaled); dk, dv like k, v (fully written). ``wide``: 32-lane register
+    tiles for AVX-512's 32 registers (default: whether the target has it).
     """
     G, BM, BN, DQK, DV = group, bm, bn, dqk, dv
     R = G * BM  # rows of a query tile: G heads x BM queries, row r = g * BM + query slot
     RT = row_tile(R, (6, 4, 2, 1))  # rows per register tile of the R-row GEMMs
-    JV = vec_width(bn)  # lanes over keys in S and dP
-    QV = vec_width(dqk)  # lanes over the qk head dim (dK, dQ)
-    EV = vec_width(dv)  # lanes over the v head dim (dV)
+    lanes = (32, 16, 8, 4, 2, 1) if (wide_registers(target_kind) if wide is None else wide) else (16, 8, 4, 2, 1)
+    JV = vec_width(bn, lanes)  # lanes over keys in S and dP
+    QV = vec_width(dqk, lanes)  # lanes over the qk head dim (dK, dQ)
+    EV = vec_width(dv, lanes)  # lanes over the v head dim (dV)
     JT = row_tile(bn, (4, 2, 1))  # keys per register tile of dK / dV
     CR = max(RT * JV, JT * QV, JT * EV, RT * QV)
     FL = vec_width(dqk, (8, 4, 2, 1))  # lanes of the finite checks (at most one AVX2 register)

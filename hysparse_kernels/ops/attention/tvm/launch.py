@@ -8,6 +8,7 @@ import torch
 from .... import tuned
 from ....backends.tvm import cpu_target_spec, get_module, threads
 from ....backends.tvm.workspace import fresh
+from .common import wide_registers
 from .host import _DTYPES, _c, _sink_arg, _source_hash
 
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over
@@ -79,13 +80,14 @@ def _dense_module(dqk, dv, group, dtype, causal, window, sink, block_size=None, 
     bn = block_size if block_size is not None else int(config["kv_tile"])
     spec = dict(kernel="dense", dqk=dqk, dv=dv, group=group, bm=max(1, int(config["rows"]) // group), bn=bn,
                 dtype=dtype, causal=bool(causal), window=window is not None, sink=sink is not None,
-                block_scores=block_size is not None)
+                block_scores=block_size is not None, wide=wide_registers())
 
     def build():
         from .attention import build_dense
 
         return build_dense(dqk=dqk, dv=dv, group=group, bm=spec["bm"], bn=bn, dtype=dtype, causal=spec["causal"],
-                           has_window=spec["window"], has_sink=spec["sink"], block_scores=spec["block_scores"])
+                           has_window=spec["window"], has_sink=spec["sink"], block_scores=spec["block_scores"],
+                           wide=spec["wide"])
 
     op = "attention_with_block_scores" if block_size is not None else "attention_fwd"
     return get_module(op, spec, build, cpu_target_spec(), source=_source_hash(), required=("prep", "main")), spec

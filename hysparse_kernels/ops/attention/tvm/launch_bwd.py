@@ -17,6 +17,7 @@ import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
 from ....backends.tvm.workspace import fresh
+from .common import wide_registers
 from .host import _DTYPES, _c, _source_hash
 
 # Query rows per tile (group heads x queries): 32 rows amortise each K / V block over 32 x (Dqk + Dv)
@@ -41,13 +42,13 @@ def _kv_block(window: int | None) -> int:
 
 def _bwd_module(dqk, dv, group, bm, bn, dtype, causal, window, sparse):
     spec = dict(kernel="backward", dqk=dqk, dv=dv, group=group, bm=bm, bn=bn, dtype=dtype, causal=bool(causal),
-                window=window is not None, sparse=bool(sparse))
+                window=window is not None, sparse=bool(sparse), wide=wide_registers())
 
     def build():
         from .attention_bwd import build_backward
 
         return build_backward(dqk=dqk, dv=dv, group=group, bm=bm, bn=bn, dtype=dtype, causal=spec["causal"],
-                              has_window=spec["window"], sparse=spec["sparse"])
+                              has_window=spec["window"], sparse=spec["sparse"], wide=spec["wide"])
 
     op = "sparse_attention_bwd" if sparse else "attention_bwd"
     return get_module(op, spec, build, cpu_target_spec(), source=_source_hash() + _bwd_source_hash())
