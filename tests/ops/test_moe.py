@@ -100,13 +100,16 @@ def test_moe_blas_path_matches_reference(monkeypatch, shape, dtype, atol):
 
 
 @requires("tvm")
+@pytest.mark.parametrize("mv", [16, 32], ids=["16-row-vectors", "32-row-vectors"])
 @pytest.mark.parametrize("shape", [(40, 4, 2, 64, 32), (70, 3, 2, 20, 10), (100, 8, 3, 48, 40)], ids=_sid)
 @pytest.mark.parametrize("dtype,atol", DTYPES[:2] + [(torch.float16, 2e-3)], ids=["fp32", "bf16", "fp16"])
-def test_moe_outer_product_path_matches_reference(shape, dtype, atol):
+def test_moe_outer_product_path_matches_reference(shape, dtype, atol, mv, monkeypatch):
     """Segments of >= OP_ROWS rows run the outer-product kernels (packed x, weights broadcast into
-    16-row vectors); sizes with N % NR tails, partial 16-row tiles and D off the vector width."""
+    vectors of 16 rows (AVX2) or 32 (AVX-512), both run whatever this machine has); sizes with
+    N % NR tails, partial row vectors and D off the vector width."""
     from hysparse_kernels.ops.moe.tvm import moe as moe_tvm
 
+    monkeypatch.setattr(moe_tvm, "op_rows_per_vector", lambda: mv)
     x, wgu, wd, w, ids = moe_inputs(*shape)
     assert moe_tvm._rows_per_expert(moe_tvm._sort_pairs(ids, shape[1])[1]) >= moe_tvm.OP_ROWS
     out = hk.moe(x.to(dtype), wgu.to(dtype), wd.to(dtype), w, ids, backend=TVM)

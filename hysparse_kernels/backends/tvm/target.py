@@ -45,6 +45,21 @@ def cpu_target():
     return tvm.target.Target(dict(cpu_target_spec()))
 
 
+@lru_cache(maxsize=None)
+def wide_registers(target_kind: str = "llvm") -> bool:
+    """Whether the CPU target has AVX-512 (32 vector registers of 16 fp32 lanes, against AVX2's
+    16 of 8): the kernels' register tiles may then be twice as wide without spilling. False for
+    the CUDA emission and where LLVM cannot tell."""
+    if target_kind != "llvm":
+        return False
+    try:
+        from tvm.target import codegen
+
+        return bool(codegen.target_has_features("avx512f", cpu_target()))
+    except Exception:  # an LLVM without feature queries: keep the narrow tiles
+        return False
+
+
 def cuda_target(arch: str = "sm_90a"):
     """``tvm.target.Target`` for emitting CUDA source (``arch`` like ``sm_80`` or ``sm_90a``)."""
     import tvm

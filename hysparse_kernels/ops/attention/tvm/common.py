@@ -5,9 +5,9 @@ Nothing here is a kernel by itself; ``attention.py`` and ``sparse_attention.py``
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from tvm import tirx
+
+from ....backends.tvm.target import wide_registers  # noqa: F401  (the kernels' register-tile choice)
 
 # "Minus infinity" of the running maxima and masked logits. A finite sentinel keeps every
 # subtraction (m_old - m_new, s - m) free of inf - inf = NaN; the final lse turns it into -inf.
@@ -55,23 +55,6 @@ def vec_width(n: int, widths=(16, 8, 4, 2, 1)) -> int:
         if n % w == 0:
             return w
     return 1
-
-
-@lru_cache(maxsize=None)
-def wide_registers(target_kind: str = "llvm") -> bool:
-    """Whether the CPU kernels' target has AVX-512 (32 vector registers of 16 fp32 lanes, against
-    AVX2's 16 of 8): register tiles may then be twice as wide without spilling. False for the
-    CUDA emission and where LLVM cannot tell."""
-    if target_kind != "llvm":
-        return False
-    try:
-        from tvm.target import codegen
-
-        from ....backends.tvm import cpu_target
-
-        return bool(codegen.target_has_features("avx512f", cpu_target()))
-    except Exception:  # an LLVM without feature queries: keep the narrow tiles
-        return False
 
 
 def row_tile(rows: int, prefer=(4, 2, 1)) -> int:
