@@ -8,8 +8,9 @@ and handed out again when the next request fits; outputs returned to the caller 
 
 Outputs cannot be kept. With ``HYSPARSE_HUGE_PAGES=1``, :func:`fresh` (and a new workspace) asks
 the OS for transparent huge pages on large ones (``madvise(MADV_HUGEPAGE)`` before the first
-write): the kernel then faults in 2 MiB at a time. On the development VM a new 16 MiB output
-written once took 50 ms with 4 KiB pages and 7.4 ms with the hint, and an SWA-128 prefill at
+write): the kernel then faults in 2 MiB at a time. On the development VM a new 128 MiB output
+(above glibc's 32 MiB mmap limit, so fresh pages every call) written once took 50 ms with 4 KiB
+pages (1.6 us a page) and 7.4 ms with the hint, and an SWA-128 prefill at
 S = 8K went from 100 to 68 ms; but while the OS has no free 2 MiB blocks it compacts memory on
 the fault, and the first calls after a large allocation elsewhere took 210 ms. Hence opt-in, as
 PyTorch's own ``THP_MEM_ALLOC_ENABLE``. Where the hint is unavailable (another OS, THP off)

@@ -7,7 +7,7 @@ import torch
 
 from .... import tuned
 from ....backends.tvm import cpu_target_spec, get_module, threads
-from ....backends.tvm.workspace import fresh
+from ....backends.tvm.workspace import fresh, workspace
 from .common import wide_registers
 from .host import _DTYPES, _c, _sink_arg, _source_hash
 
@@ -126,9 +126,10 @@ def _run_dense(q, k, v, sink, causal, window, scale, block_size=None, config=Non
     q, k, v = _c(q), _c(k), _c(v)
     bn = spec["bn"]
     nblocks = -(-Sk // bn)
-    # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles.
-    kt = fresh((B, Hkv, nblocks, Dqk, bn))
-    vp = fresh((B, Hkv, nblocks * bn, Dv))
+    # Workspaces of the K^T / V pass: fp32, zero-padded to whole tiles; kept per thread (above
+    # glibc's 32 MiB mmap limit a new one is fresh pages every call: 1.6 us a page here).
+    kt = workspace("dense.kt", B * Hkv * nblocks * Dqk * bn).view(B, Hkv, nblocks, Dqk, bn)
+    vp = workspace("dense.vp", B * Hkv * nblocks * bn * Dv).view(B, Hkv, nblocks * bn, Dv)
     bad = torch.empty(B, Hkv, nblocks, dtype=torch.float32)  # V tiles holding NaN / inf
     out = fresh((B, Hq, Sq, Dv), q.dtype)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32)
