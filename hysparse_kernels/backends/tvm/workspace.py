@@ -11,9 +11,9 @@ the OS for transparent huge pages on large ones (``madvise(MADV_HUGEPAGE)`` befo
 write): the kernel then faults in 2 MiB at a time. On the development VM a new 128 MiB output
 (above glibc's 32 MiB mmap limit, so fresh pages every call) written once took 50 ms with 4 KiB
 pages (1.6 us a page) and 7.4 ms with the hint, and an SWA-128 prefill at
-S = 8K went from 100 to 68 ms; but while the OS has no free 2 MiB blocks it compacts memory on
-the fault, and the first calls after a large allocation elsewhere took 210 ms. Hence opt-in, as
-PyTorch's own ``THP_MEM_ALLOC_ENABLE``. Where the hint is unavailable (another OS, THP off)
+S = 8K went from 100 to 68 ms; but the first calls of a process, and the first ones after a
+large allocation elsewhere, took up to 217 ms (with free 2 MiB blocks to spare: not compaction).
+Hence opt-in, as PyTorch's own ``THP_MEM_ALLOC_ENABLE``. Where the hint is unavailable (another OS, THP off)
 nothing changes.
 
 Example::
