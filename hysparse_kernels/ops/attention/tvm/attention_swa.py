@@ -61,7 +61,7 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
     KPT = 2 if wide else 1  # chunks of K^T per register tile of S
     JV = KC * KPT
     EV = vec_width(dv, (32, 16, 8, 4, 2, 1) if wide else (16, 8, 4, 2, 1))
-    VL = vec_width(span, (8, 4, 2, 1))
+    VL = vec_width(span, (16, 8, 4, 2, 1) if wide else (8, 4, 2, 1))  # lanes of the softmax pass
     CR = max(RT * JV, RT * EV)
     SPANP = -(-SPAN // JV) * JV
     SINK = has_sink
