@@ -46,7 +46,7 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
     lanes = (32, 16, 8, 4, 2, 1) if (wide_registers(target_kind) if wide is None else wide) else (16, 8, 4, 2, 1)
     JV = vec_width(bn, lanes)  # lanes of the key axis in Q @ K^T
     EV = vec_width(dv, lanes)  # lanes of the value axis in P @ V
-    VL = vec_width(bn, (8, 4, 2, 1))  # lanes of the row reductions
+    VL = vec_width(bn, lanes[1:] if lanes[0] == 32 else (8, 4, 2, 1))  # lanes of the row reductions (16 on AVX-512)
     CR = RT * max(JV, EV)  # register-tile scratch
     DQK, DV, BN, G, BM = dqk, dv, bn, group, bm
     CAUSAL, WIN, SINK, BS = causal, has_window, has_sink, block_scores
