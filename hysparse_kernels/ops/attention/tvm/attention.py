@@ -29,7 +29,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import NEG, fast_exp, f32, loop_kinds, row_tile, vec_width, wide_registers
+from .common import NEG, fast_exp, f32, half_lanes, loop_kinds, register_lanes, row_tile, vec_width
 
 
 def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, causal: bool,
@@ -43,10 +43,10 @@ def build_dense(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, 
     # bare minimum for two FMA ports of latency 4 (measured: +16% at S=4K on one core).
     RT = row_tile(R, (6, 4, 2, 1) if six_rows else (4, 2, 1))
     # With AVX-512's 32 registers the tiles are 32 lanes wide (6 x 32: 12 zmm accumulators).
-    lanes = (32, 16, 8, 4, 2, 1) if (wide_registers(target_kind) if wide is None else wide) else (16, 8, 4, 2, 1)
+    lanes = register_lanes(target_kind, wide)
     JV = vec_width(bn, lanes)  # lanes of the key axis in Q @ K^T
     EV = vec_width(dv, lanes)  # lanes of the value axis in P @ V
-    VL = vec_width(bn, lanes[1:] if lanes[0] == 32 else (8, 4, 2, 1))  # lanes of the row reductions (16 on AVX-512)
+    VL = vec_width(bn, half_lanes(lanes))  # lanes of the row reductions
     CR = RT * max(JV, EV)  # register-tile scratch
     DQK, DV, BN, G, BM = dqk, dv, bn, group, bm
     CAUSAL, WIN, SINK, BS = causal, has_window, has_sink, block_scores

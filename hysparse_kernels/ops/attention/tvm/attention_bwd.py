@@ -45,7 +45,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import f32, fast_exp as _exp, loop_kinds, row_tile, vec_width, wide_registers
+from .common import f32, fast_exp as _exp, loop_kinds, register_lanes, row_tile, vec_width
 
 
 def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: str, causal: bool,
@@ -63,7 +63,7 @@ def build_backward(*, dqk: int, dv: int, group: int, bm: int, bn: int, dtype: st
     G, BM, BN, DQK, DV = group, bm, bn, dqk, dv
     R = G * BM  # rows of a query tile: G heads x BM queries, row r = g * BM + query slot
     RT = row_tile(R, (6, 4, 2, 1))  # rows per register tile of the R-row GEMMs
-    lanes = (32, 16, 8, 4, 2, 1) if (wide_registers(target_kind) if wide is None else wide) else (16, 8, 4, 2, 1)
+    lanes = register_lanes(target_kind, wide)
     JV = vec_width(bn, lanes)  # lanes over keys in S and dP
     QV = vec_width(dqk, lanes)  # lanes over the qk head dim (dK, dQ)
     EV = vec_width(dv, lanes)  # lanes over the v head dim (dV)

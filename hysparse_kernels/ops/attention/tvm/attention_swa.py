@@ -30,7 +30,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import NEG, f32, fast_exp as _exp, loop_kinds, row_tile, vec_width, wide_registers
+from .common import NEG, f32, fast_exp as _exp, half_lanes, loop_kinds, register_lanes, row_tile, vec_width, wide_registers
 
 
 
@@ -60,8 +60,9 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
     RT = row_tile(R, (6, 4, 2, 1))
     KPT = 2 if wide else 1  # chunks of K^T per register tile of S
     JV = KC * KPT
-    EV = vec_width(dv, (32, 16, 8, 4, 2, 1) if wide else (16, 8, 4, 2, 1))
-    VL = vec_width(span, (16, 8, 4, 2, 1) if wide else (8, 4, 2, 1))  # lanes of the softmax pass
+    lanes = register_lanes(target_kind, wide)
+    EV = vec_width(dv, lanes)
+    VL = vec_width(span, half_lanes(lanes))  # lanes of the softmax pass
     CR = max(RT * JV, RT * EV)
     SPANP = -(-SPAN // JV) * JV
     SINK = has_sink

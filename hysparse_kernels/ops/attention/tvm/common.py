@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tvm import tirx
 
-from ....backends.tvm.target import wide_registers  # noqa: F401  (the kernels' register-tile choice)
+from ....backends.tvm.target import wide_registers
 
 # "Minus infinity" of the running maxima and masked logits. A finite sentinel keeps every
 # subtraction (m_old - m_new, s - m) free of inf - inf = NaN; the final lse turns it into -inf.
@@ -55,6 +55,20 @@ def vec_width(n: int, widths=(16, 8, 4, 2, 1)) -> int:
         if n % w == 0:
             return w
     return 1
+
+
+def register_lanes(target_kind: str = "llvm", wide: bool | None = None) -> tuple[int, ...]:
+    """fp32 vector widths a register tile may take, widest first: up to 32 lanes where the target
+    has AVX-512's 32 registers (``wide`` overrides the target's answer), up to 16 on AVX2."""
+    if wide is None:
+        wide = wide_registers(target_kind)
+    return (32, 16, 8, 4, 2, 1) if wide else (16, 8, 4, 2, 1)
+
+
+def half_lanes(lanes: tuple[int, ...]) -> tuple[int, ...]:
+    """The widths of ``lanes`` up to half the widest: row reductions and the softmax pass use one
+    register (16 lanes on AVX-512, 8 on AVX2)."""
+    return tuple(w for w in lanes if w <= lanes[0] // 2)
 
 
 def row_tile(rows: int, prefer=(4, 2, 1)) -> int:

@@ -7,8 +7,8 @@ import torch
 
 from .... import tuned
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from ....backends.tvm.target import wide_registers
 from ....backends.tvm.workspace import fresh, workspace
-from .common import wide_registers
 from .host import _DTYPES, _c, _sink_arg, _source_hash
 
 # Rows of a dense prefill task (group heads x queries): 48 rows amortise each K^T / V tile over

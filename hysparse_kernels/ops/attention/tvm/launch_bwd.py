@@ -16,8 +16,8 @@ import math
 import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from ....backends.tvm.target import wide_registers
 from ....backends.tvm.workspace import fresh
-from .common import wide_registers
 from .host import _DTYPES, _c, _source_hash
 
 # Query rows per tile (group heads x queries): 32 rows amortise each K / V block over 32 x (Dqk + Dv)

@@ -10,8 +10,8 @@ from functools import lru_cache
 import torch
 
 from ....backends.tvm import cpu_target_spec, get_module, threads
+from ....backends.tvm.target import wide_registers
 from ....backends.tvm.workspace import fresh, workspace
-from .common import wide_registers
 from .host import _DTYPES, _c, _sink_arg, _source_hash
 
 # Query rows per task (group heads x queries): 24 rows make 4 register tiles of 6 rows; fewer
