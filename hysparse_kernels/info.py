@@ -57,6 +57,9 @@ def threads_info() -> dict:
         from .backends.tvm import threads
 
         info["tvm"] = threads.describe()
+        from .backends.tvm import output_pool
+
+        info["output_pool"] = output_pool.describe()
     return info
 
 
@@ -83,6 +86,13 @@ def format_table(info: dict) -> str:
                    f"kernel's threads, kernels under {tv['busy_work_flops'] / 1e6:g} MFLOP and decode steps under "
                    f"{tv['busy_step_flops'] / 1e6:g} MFLOP run on 1" if tv["dynamic"] else "off (HYSPARSE_TVM_DYNAMIC=0)")
             lines.append(f"         busy-machine adjustment {dyn}")
+        pool = th.get("output_pool")
+        if pool:
+            state = (f"up to {pool['budget_mb']} MiB (HYSPARSE_OUTPUT_POOL_MB) of outputs from {pool['min_block_mb']} MiB, "
+                     f"reused once dropped; holds {pool['blocks']} blocks: {pool['in_use_mb']:.0f} MiB in use, "
+                     f"{pool['free_mb']:.0f} MiB free" if pool["budget_mb"] else "off (HYSPARSE_OUTPUT_POOL_MB=0"
+                     + ("" if pool["available"] else " or no storage use-count hook in this torch") + ")")
+            lines.append(f"memory   CPU kernel output pool {state}")
     lines += ["", "auto picks, on this device:"]
     width = max((len(op) for op in info["auto"]), default=0)
     lines += [f"  {op:<{width}}  {backend}" for op, backend in info["auto"].items()]

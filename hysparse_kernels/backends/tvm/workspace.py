@@ -1,12 +1,14 @@
 """Scratch tensors the CPU kernels reuse from call to call (per thread, per name).
 
 A fresh allocation of tens of MB comes back from the kernel as untouched pages, and the first
-write to each 4 KiB page faults: on the 2-core development VM about 6 us per page, 50 ms for a
-32 MB tensor, as much as a third of a sliding-window prefill or of a large MoE call. Workspaces
+write to each 4 KiB page faults: on the 2-core development VMs 1.2-1.6 us per page (6 us on one),
+10-50 ms for a 32 MB tensor, as much as a third of a sliding-window prefill or of a large MoE call. Workspaces
 that never leave a kernel launcher (K^T chunks, MoE intermediates) are therefore kept per thread
-and handed out again when the next request fits; outputs returned to the caller are always new.
+and handed out again when the next request fits. Outputs returned to the caller are new tensors;
+above 32 MiB their memory comes from :mod:`.output_pool`, which reuses blocks only once no caller
+holds them (glibc unmaps such blocks on free and keeps smaller ones itself).
 
-Outputs cannot be kept. With ``HYSPARSE_HUGE_PAGES=1``, :func:`fresh` (and a new workspace) asks
+With ``HYSPARSE_HUGE_PAGES=1``, :func:`fresh` (and a new workspace) asks
 the OS for transparent huge pages on large ones (``madvise(MADV_HUGEPAGE)`` before the first
 write): the kernel then faults in 2 MiB at a time. On the development VM a new 128 MiB output
 (above glibc's 32 MiB mmap limit, so fresh pages every call) written once took 50 ms with 4 KiB
@@ -30,6 +32,8 @@ import sys
 import threading
 
 import torch
+
+from . import output_pool
 
 ENV_HUGE_PAGES = "HYSPARSE_HUGE_PAGES"
 # Tensors from this size up get the huge-page hint (two huge pages: below that little is saved).
@@ -69,10 +73,12 @@ def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
 
 
 def fresh(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``torch.empty(shape, dtype=dtype)`` on the CPU, for kernel outputs (they go to the caller
-    and cannot be kept like a workspace); with the huge-page hint when it is large and
-    ``HYSPARSE_HUGE_PAGES=1``."""
-    t = torch.empty(shape, dtype=dtype)
+    """A new contiguous CPU tensor (contents undefined) for a kernel output that goes to the caller:
+    ``torch.empty``, or above 32 MiB a block of :mod:`.output_pool` no caller holds any more; with
+    the huge-page hint when it is large and ``HYSPARSE_HUGE_PAGES=1``."""
+    t = output_pool.take(shape, dtype)  # large outputs: memory a caller has dropped, when there is some
+    if t is None:
+        t = torch.empty(shape, dtype=dtype)
     return advise_huge_pages(t) if os.environ.get(ENV_HUGE_PAGES) == "1" else t
 
 # Workspaces larger than this are not kept (the memory goes back when the call returns).
