@@ -146,8 +146,10 @@ def grouped_gemm_func(E: int, N: int, K: int, *, mode: str, MR: int, NR: int, MT
     return kernel
 
 
-def combine_func(D: int, K_SLOTS: int, P: int, dtype: str = "float32"):
-    """out[t] = sum_j Y[INV[t, j]] (the rows already carry their routing weight): ``[T, D]``."""
+def combine_func(D: int, K_SLOTS: int, P: int, dtype: str = "float32", YS: int | None = None):
+    """out[t] = sum_j Y[INV[t, j], :D] (the rows already carry their routing weight): ``[T, D]``;
+    ``Y [M, YS]`` (row stride ``YS >= D``, default ``D``)."""
+    YS = D if YS is None else YS
     V = lanes(dtype)
     acc_t = acc_dtype(dtype)
     assert D % V == 0
@@ -157,7 +159,7 @@ def combine_func(D: int, K_SLOTS: int, P: int, dtype: str = "float32"):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
         M = T.int64()
         TT = T.int64()
-        Y = T.match_buffer(y_h, (M, D), acc_t)  # weighted expert outputs, kept in the accumulation dtype
+        Y = T.match_buffer(y_h, (M, YS), acc_t)  # weighted expert outputs, kept in the accumulation dtype
         INV = T.match_buffer(inv_h, (TT, K_SLOTS), "int64")
         OUT = T.match_buffer(out_h, (TT, D), dtype)
         for t in T.parallel(TT):
@@ -174,162 +176,3 @@ def combine_func(D: int, K_SLOTS: int, P: int, dtype: str = "float32"):
 def target(num_cores: int) -> "tvm.target.Target":
     """The host CPU as an llvm target (JSON form; TVM 0.27 rejects target strings)."""
     return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": num_cores})
-
-
-# ---------------------------------------------------------------- outer-product kernels (large segments)
-#
-# For experts with many rows, each weight element is broadcast once and multiplied into a vector
-# of MV rows: acc[NR weight rows][MV rows] += W[e, n, k] * XT[k, rows]. The activations are packed
-# transposed (XT [K, Mp], rows of one expert contiguous along m), the weights are still read in
-# their stored [N, K] layout. No lane reductions, and a weight row block of NR x K stays in L1
-# while it meets every MV-row block of the segment: 114 vs 96 GFLOP/s for the dot-product tiles
-# on one core at T = 512 (E = 64, top-8, D = 1024, I = 512), 127 vs 105 at T = 4096. Needs a
-# segment of at least a vector of rows to pay off; the launcher picks it by rows per expert.
-
-OP_MV = 16  # rows per vector (two AVX2 registers)
-
-
-def pack_rows_t_func(K: int, dtype: str = "float32", MV: int = OP_MV):
-    """XT[k, m] = X[ROWTOK[m], k] in float32, zero for m >= M: (X [TX, K], ROWTOK [M], XT [K, Mp])
-    with Mp a multiple of MV. Blocks of MV rows x 64 k stay in L1 between the gathers and the
-    vector stores."""
-    KB = 64 if K % 64 == 0 else K
-
-    @T.prim_func
-    def kernel(x_h: T.handle, rowtok_h: T.handle, xt_h: T.handle):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        TX = T.int64()
-        M = T.int64()
-        Mp = T.int64()
-        X = T.match_buffer(x_h, (TX, K), dtype)
-        ROWTOK = T.match_buffer(rowtok_h, (M,), "int64")
-        XT = T.match_buffer(xt_h, (K, Mp), "float32")
-        for job in T.parallel((Mp // MV) * (K // KB)):
-            mb = T.bind(job // (K // KB))
-            kb = T.bind(job % (K // KB))
-            for k in T.serial(KB):
-                for j in T.vectorized(MV):
-                    XT[kb * KB + k, mb * MV + j] = T.if_then_else(
-                        mb * MV + j < M, T.Cast("float32", X[ROWTOK[T.min(mb * MV + j, M - 1)], kb * KB + k]), T.float32(0))
-
-    return kernel
-
-
-def gate_up_op_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str = "float32", MV: int = OP_MV):
-    """HT[n, m] = SiLU(XT[:, m] . W[e, n]) * (XT[:, m] . W[e, N + n]) over the rows m of expert e:
-    (XT [K, Mp] f32, W [E, 2N, K], OFF [E+1], HT [N, Mp] f32). h is rounded to ``dtype`` and back,
-    as the other kernels store it. Columns in P slices of whole NR blocks (the last slice also
-    takes the N % NR tail)."""
-    NBT, NRT = N // NR, N % NR
-
-    def w(buf, e, n, k):
-        v = buf[e, n, k]
-        return v if dtype == "float32" else T.Cast("float32", v)
-
-    def h_of(g, u):
-        hv = g / (T.float32(1) + _exp_f32(-g)) * u
-        return hv if dtype == "float32" else T.Cast("float32", T.Cast(dtype, hv))
-
-    @T.prim_func
-    def kernel(xt_h: T.handle, w_h: T.handle, off_h: T.handle, ht_h: T.handle):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        Mp = T.int64()
-        XT = T.match_buffer(xt_h, (K, Mp), "float32")
-        W = T.match_buffer(w_h, (E, 2 * N, K), dtype)
-        OFF = T.match_buffer(off_h, (E + 1,), "int64")
-        HT = T.match_buffer(ht_h, (N, Mp), "float32")
-        for job in T.parallel(P * E):
-            acc = T.alloc_buffer((2 * NR * MV,), "float32", scope="global")
-            p = T.bind(job // E)
-            e = T.bind(job % E)
-            lo = T.bind(OFF[e])
-            cnt = T.bind(OFF[e + 1] - lo)
-            b0 = T.bind(p * NBT // P)
-            for nb in T.serial((p + 1) * NBT // P - b0):
-                for mb in T.serial((cnt + MV - 1) // MV):
-                    for i in T.unroll(2 * NR):
-                        acc[T.Ramp(i * MV, 1, MV)] = T.Broadcast(T.float32(0), MV)
-                    for k in T.serial(K):
-                        for i in T.unroll(NR):
-                            acc[T.Ramp(i * MV, 1, MV)] = acc[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                w(W, e, (b0 + nb) * NR + i, k), MV) * XT[k, T.Ramp(lo + mb * MV, 1, MV)]
-                            acc[T.Ramp((NR + i) * MV, 1, MV)] = acc[T.Ramp((NR + i) * MV, 1, MV)] + T.Broadcast(
-                                w(W, e, N + (b0 + nb) * NR + i, k), MV) * XT[k, T.Ramp(lo + mb * MV, 1, MV)]
-                    # lanes past the segment belong to the next expert: whole vectors only inside it
-                    if mb * MV + MV <= cnt:
-                        for i in T.unroll(NR):
-                            for j in T.vectorized(MV):
-                                HT[(b0 + nb) * NR + i, lo + mb * MV + j] = h_of(acc[i * MV + j], acc[(NR + i) * MV + j])
-                    else:
-                        for i in T.unroll(NR):
-                            for j in T.serial(cnt - mb * MV):
-                                HT[(b0 + nb) * NR + i, lo + mb * MV + j] = h_of(acc[i * MV + j], acc[(NR + i) * MV + j])
-            if NRT > 0:
-                if p == P - 1:
-                    for mb in T.serial((cnt + MV - 1) // MV):
-                        for i in T.unroll(2 * NRT):
-                            acc[T.Ramp(i * MV, 1, MV)] = T.Broadcast(T.float32(0), MV)
-                        for k in T.serial(K):
-                            for i in T.unroll(NRT):
-                                acc[T.Ramp(i * MV, 1, MV)] = acc[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                    w(W, e, NBT * NR + i, k), MV) * XT[k, T.Ramp(lo + mb * MV, 1, MV)]
-                                acc[T.Ramp((NRT + i) * MV, 1, MV)] = acc[T.Ramp((NRT + i) * MV, 1, MV)] + T.Broadcast(
-                                    w(W, e, N + NBT * NR + i, k), MV) * XT[k, T.Ramp(lo + mb * MV, 1, MV)]
-                        for i in T.unroll(NRT):
-                            for j in T.serial(T.min(MV, cnt - mb * MV)):
-                                HT[NBT * NR + i, lo + mb * MV + j] = h_of(acc[i * MV + j], acc[(NRT + i) * MV + j])
-
-    return kernel
-
-
-def down_op_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str = "float32", MV: int = OP_MV):
-    """Y[m, n] = SCALE[m] * (HT[:, m] . W[e, n]) over the rows m of expert e:
-    (HT [K, Mp] f32, W [E, N, K], OFF [E+1], SCALE [M] f32, Y [M, N] f32)."""
-    NBT, NRT = N // NR, N % NR
-
-    def w(buf, e, n, k):
-        v = buf[e, n, k]
-        return v if dtype == "float32" else T.Cast("float32", v)
-
-    @T.prim_func
-    def kernel(ht_h: T.handle, w_h: T.handle, off_h: T.handle, scale_h: T.handle, y_h: T.handle):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        Mp = T.int64()
-        M = T.int64()
-        HT = T.match_buffer(ht_h, (K, Mp), "float32")
-        W = T.match_buffer(w_h, (E, N, K), dtype)
-        OFF = T.match_buffer(off_h, (E + 1,), "int64")
-        SCALE = T.match_buffer(scale_h, (M,), "float32")
-        Y = T.match_buffer(y_h, (M, N), "float32")
-        for job in T.parallel(P * E):
-            acc = T.alloc_buffer((NR * MV,), "float32", scope="global")
-            p = T.bind(job // E)
-            e = T.bind(job % E)
-            lo = T.bind(OFF[e])
-            cnt = T.bind(OFF[e + 1] - lo)
-            b0 = T.bind(p * NBT // P)
-            for nb in T.serial((p + 1) * NBT // P - b0):
-                for mb in T.serial((cnt + MV - 1) // MV):
-                    for i in T.unroll(NR):
-                        acc[T.Ramp(i * MV, 1, MV)] = T.Broadcast(T.float32(0), MV)
-                    for k in T.serial(K):
-                        for i in T.unroll(NR):
-                            acc[T.Ramp(i * MV, 1, MV)] = acc[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                w(W, e, (b0 + nb) * NR + i, k), MV) * HT[k, T.Ramp(lo + mb * MV, 1, MV)]
-                    for j in T.serial(T.min(MV, cnt - mb * MV)):
-                        for i in T.unroll(NR):
-                            Y[lo + mb * MV + j, (b0 + nb) * NR + i] = acc[i * MV + j] * SCALE[lo + mb * MV + j]
-            if NRT > 0:
-                if p == P - 1:
-                    for mb in T.serial((cnt + MV - 1) // MV):
-                        for i in T.unroll(NRT):
-                            acc[T.Ramp(i * MV, 1, MV)] = T.Broadcast(T.float32(0), MV)
-                        for k in T.serial(K):
-                            for i in T.unroll(NRT):
-                                acc[T.Ramp(i * MV, 1, MV)] = acc[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                    w(W, e, NBT * NR + i, k), MV) * HT[k, T.Ramp(lo + mb * MV, 1, MV)]
-                        for j in T.serial(T.min(MV, cnt - mb * MV)):
-                            for i in T.unroll(NRT):
-                                Y[lo + mb * MV + j, NBT * NR + i] = acc[i * MV + j] * SCALE[lo + mb * MV + j]
-
-    return kernel

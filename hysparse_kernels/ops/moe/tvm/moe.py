@@ -10,11 +10,9 @@
 The kernel is chosen by the rows per expert (the mean over the experts that got any):
 
 * few rows (decode, small batches): the dot-product tiles above, reading x rows in place;
-* at least ``OP_ROWS`` (16) rows, not float64: the outer-product kernels (x packed transposed,
-  each weight element broadcast into a vector of 16 rows, SiLU-and-mul on vectors), the
-  intermediates transposed; measured on one core 1.33x the per-expert torch loop at T = 512 and
-  1.19x at T = 4096 (E = 64, top-8, D = 1024, I = 512), where the dot-product tiles gave 1.23x and
-  1.04x;
+* at least ``OP_ROWS`` (16) rows, not float64: the outer-product kernels (``outer.py``: x packed
+  in blocks of 16 or 32 rows per expert, each weight element broadcast into such a vector of
+  rows, SiLU-and-mul on vectors, the next weight rows prefetched);
 * float64 with at least ``BLAS_ROWS`` rows: one BLAS GEMM per expert.
 
 The sort of the ``T*k`` expert ids (a few microseconds) stays in torch. Kernels are built once
@@ -35,6 +33,7 @@ from torch import Tensor
 import tvm
 
 from . import kernels as K
+from . import outer as O
 from .... import tuned
 from ....backends.tvm import threads
 from ....backends.tvm.target import wide_registers
@@ -61,11 +60,15 @@ _MT = 128
 # segments). Single and half precision take the outer-product kernels below instead.
 BLAS_ROWS = 256
 # float32 / bfloat16 / float16 experts with at least this many rows on average run the
-# outer-product kernels (kernels.py: a weight element broadcast into a vector of 16 rows; the
-# activations packed transposed); fewer rows leave the 16-row vectors mostly empty. Register
-# tiles (weight rows): gate/up 3 (x2 gate and up: 12 accumulators), down 6 (12 accumulators).
+# outer-product kernels (outer.py: a weight element broadcast into a vector of 16 or 32 rows; the
+# activations packed in blocks of rows per expert); fewer rows leave the row vectors mostly
+# empty. Register tiles (weight rows): gate/up 3 (x2 gate and up: 12 accumulators of two ymm),
+# down 6 on AVX2; 4 and 8 (16 accumulators of two zmm) with AVX-512's 32 registers.
 OP_ROWS = 16
-_OP_NR = {"gate_up": 3, "down": 6}
+
+
+def _op_nr(wide: bool) -> dict[str, int]:
+    return {"gate_up": 4, "down": 8} if wide else {"gate_up": 3, "down": 6}
 # The same knobs as a launch config (what the autotune cache stores for moe_fwd).
 HEURISTIC = {"gate_up_mr": _TILES["gate_up"][0], "gate_up_nr": _TILES["gate_up"][1], "down_mr": _TILES["down"][0],
              "down_nr": _TILES["down"][1], "mt": _MT}
@@ -102,28 +105,29 @@ def _gemm_lib(E: int, N: int, Kdim: int, mode: str, dtype: str, rows_per_expert:
 
 
 def op_rows_per_vector() -> int:
-    """Rows per vector of the outer-product kernels: 32 (two zmm: 12 accumulators of 2 x 3 weight
-    rows) where the target has AVX-512's 32 registers, 16 (two ymm) on AVX2. Measured on an
-    AVX-512 host (E=64, top-8, D=1024, I=512, default threads): T=4096 447 -> 403 ms, T=64 and
-    512 unchanged (there the weights stream from memory at about 8 GB/s: 254 GFLOP/s of gate/up
-    at T=512 is 32 FLOP per weight byte times that rate)."""
-    return 2 * K.OP_MV if wide_registers() else K.OP_MV
+    """Rows per vector of the outer-product kernels: 32 (two zmm) where the target has AVX-512's
+    32 registers, 16 (two ymm) on AVX2. Measured on an AVX-512 host (E=64, top-8, D=1024, I=512,
+    default threads), with the earlier transposed layout: T=4096 447 -> 403 ms, T=64 and 512
+    unchanged."""
+    return 2 * O.OP_MV if wide_registers() else O.OP_MV
 
 
 def _op_libs(E: int, D: int, inter: int, dtype: str, mv: int):
     """(pack, gate/up, down) outer-product kernels for these sizes (see kernels.py)."""
     p = num_threads()
-    slices = {m: (p if n // _OP_NR[m] >= p else 1) for m, n in (("gate_up", inter), ("down", D))}
-    pack = _build(("op_pack", D, dtype, mv), lambda: K.pack_rows_t_func(D, dtype, MV=mv))
-    gate_up = _build(("op_gate_up", E, inter, D, dtype, slices["gate_up"], mv),
-                     lambda: K.gate_up_op_func(E, inter, D, NR=_OP_NR["gate_up"], P=slices["gate_up"], dtype=dtype, MV=mv))
-    down = _build(("op_down", E, D, inter, dtype, slices["down"], mv),
-                  lambda: K.down_op_func(E, D, inter, NR=_OP_NR["down"], P=slices["down"], dtype=dtype, MV=mv))
+    nr = _op_nr(mv > O.OP_MV)
+    slices = {m: (p if n // nr[m] >= p else 1) for m, n in (("gate_up", inter), ("down", D))}
+    pack = _build(("op_pack", D, dtype, mv), lambda: O.pack_blocks_func(D, dtype, MV=mv))
+    gate_up = _build(("op_gate_up", E, inter, D, dtype, slices["gate_up"], mv, nr["gate_up"]),
+                     lambda: O.gate_up_blocks_func(E, inter, D, NR=nr["gate_up"], P=slices["gate_up"], dtype=dtype, MV=mv))
+    down = _build(("op_down", E, D, inter, dtype, slices["down"], mv, nr["down"]),
+                  lambda: O.down_blocks_func(E, D, inter, NR=nr["down"], P=slices["down"], dtype=dtype, MV=mv))
     return pack, gate_up, down
 
 
-def _combine_lib(D: int, k: int, dtype: str):
-    return _build(("combine", D, k, dtype), lambda: K.combine_func(D, k, num_threads(), dtype=dtype))
+def _combine_lib(D: int, k: int, dtype: str, ys: int | None = None):
+    ys = D if ys is None else ys
+    return _build(("combine", D, k, dtype, ys), lambda: K.combine_func(D, k, num_threads(), dtype=dtype, YS=ys))
 
 
 def _dtype(t: Tensor) -> str:
@@ -259,14 +263,30 @@ def _moe_blas(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offs
     return out
 
 
+def _blocks(offsets: Tensor, rowtok: Tensor, mv: int) -> tuple[Tensor, Tensor]:
+    """Per-expert blocks of ``mv`` rows: ``(boff [E+1], prow [NB * mv])``, expert ``e`` owning
+    blocks ``[boff[e], boff[e+1])`` and ``prow`` the token of each block row (-1 past a count)."""
+    counts = offsets[1:] - offsets[:-1]
+    nblk = (counts + mv - 1) // mv
+    boff = torch.zeros_like(offsets)
+    torch.cumsum(nblk, 0, out=boff[1:])
+    M = rowtok.numel()
+    expert = torch.repeat_interleave(torch.arange(counts.numel()), counts, output_size=M)
+    pos = boff[expert] * mv + torch.arange(M) - offsets[expert]
+    prow = torch.full((int(boff[-1]) * mv,), -1, dtype=torch.int64)
+    prow[pos] = rowtok
+    return boff, prow
+
+
 def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offsets: Tensor, inverse: Tensor,
             scale: Tensor) -> Tensor:
     """The expert MLP with the outer-product kernels (segments of many rows; not float64).
 
     x ``[T, D]``; rows sorted by expert: ``rowtok [M]`` (token of each row), ``offsets [E+1]``,
-    ``inverse [T*k]``, ``scale [M]`` float32 (routing weight of each row). Packs x's rows
-    transposed (``xt [D, Mp]``), computes ``ht = SiLU(gate) * up`` transposed (``[I, Mp]``), then
-    ``y = scale * h @ w_down^T`` (``[M, D]`` float32) and the combine.
+    ``inverse [T*k]``, ``scale [M]`` float32 (routing weight of each row). Packs x's rows in
+    blocks of ``mv`` rows per expert (``xb [NB, D, mv]``), computes ``hb = SiLU(gate) * up`` in
+    the same blocks (``[NB, I, mv]``), then ``y = scale * h @ w_down^T`` (``[M, D]`` float32, row
+    stride ``outer.y_stride(D)``) and the combine.
     """
     T, D = x.shape
     E, two_i, _ = w_gate_up.shape
@@ -275,20 +295,21 @@ def _moe_op(x: Tensor, w_gate_up: Tensor, w_down: Tensor, rowtok: Tensor, offset
     k = inverse.numel() // T
     dtype = _dtype(x)
     mv = op_rows_per_vector()
-    Mp = (-(-M // mv) + 1) * mv  # a whole vector past the last row: the last tile's loads stay inside
+    boff, prow = _blocks(offsets, rowtok, mv)
+    nb = prow.numel() // mv
+    ys = O.y_stride(D)
     pack, gate_up, down = _op_libs(E, D, inter, dtype, mv)
-    xt = workspace("moe.xt", D * Mp).view(D, Mp)  # intermediates: kept per thread
-    ht = workspace("moe.ht", inter * Mp).view(inter, Mp)
-    y = workspace("moe.y", M * D, torch.float32).view(M, D)
-    ht[:, M:].zero_()  # read (and discarded) by the last tile's lanes: keep it free of denormals
+    xb = workspace("moe.xb", nb * D * mv).view(nb, D, mv)  # intermediates: kept per thread
+    hb = workspace("moe.hb", nb * inter * mv).view(nb, inter, mv)
+    y = workspace("moe.y", M * ys, torch.float32).view(M, ys)
     threads.before_launch(2.0 * M * 3 * inter * D)
-    pack["main"](x.contiguous(), rowtok, xt)
-    gate_up["main"](xt, w_gate_up.contiguous(), offsets, ht)
-    down["main"](ht, w_down.contiguous(), offsets, scale.float().contiguous(), y)
+    pack["main"](x.contiguous(), prow, xb)
+    gate_up["main"](xb, w_gate_up.contiguous(), boff, hb)
+    down["main"](hb, w_down.contiguous(), offsets, boff, scale.float().contiguous(), y)
     if D % K.lanes(dtype):
-        return y[inverse.view(T, k)].sum(1).to(x.dtype)
+        return y[:, :D][inverse.view(T, k)].sum(1).to(x.dtype)
     out = fresh((T, D), x.dtype)
-    _combine_lib(D, k, dtype)["main"](y, inverse.view(T, k), out)
+    _combine_lib(D, k, dtype, ys)["main"](y, inverse.view(T, k), out)
     return out
 
 
