@@ -6,7 +6,10 @@ The micro-kernel is a *dot-product* register tile: ``MR`` rows of X times ``NR``
 register at a time and
 reduced across lanes once at the end. It reads W in its stored ``[N, K]`` layout (K contiguous),
 so the weights are never repacked per call: for a MoE layer they are the 400 MB that dominate the
-traffic, and a repack would cost as much as the GEMM itself at small T.
+traffic, and a repack would cost as much as the GEMM itself at small T. While a tile walks K it
+prefetches the next block of NR weight rows a cache line at a time (a row of 2-4 KiB is too short
+for the hardware prefetchers to ramp up): E=64, top-8, D=1024, I=512 on the AVX-512 host, T=16
+17.1-17.6 -> 14.7-15.0 ms, T=64 24.4-24.9 -> 20.5 ms.
 
 Loop nest (per kernel call)::
 
@@ -37,6 +40,11 @@ def acc_dtype(dtype: str) -> str:
 
 def lanes(dtype: str) -> int:
     return VECTOR_BYTES // (8 if acc_dtype(dtype) == "float64" else 4)
+
+
+def _prefetch(addr):
+    """Read prefetch of the cache line at ``addr`` into every cache level."""
+    return T.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1)
 
 
 def _lane_sum(acc, base, V):
@@ -112,6 +120,12 @@ def grouped_gemm_func(E: int, N: int, K: int, *, mode: str, MR: int, NR: int, MT
                         for i in T.unroll(nacc):
                             acc[T.Ramp(i * V, 1, V)] = T.Broadcast(T.Cast(f32, 0), V)
                         for kk in T.serial(KV):
+                            if kk % 2 == 0:
+                                if nb + 1 < NB:
+                                    for ni in T.unroll(NR):
+                                        T.evaluate(_prefetch(T.address_of(W[e, (p * NB + nb + 1) * NR + ni, kk * V])))
+                                        if gate_up:
+                                            T.evaluate(_prefetch(T.address_of(W[e, N + (p * NB + nb + 1) * NR + ni, kk * V])))
                             for mi in T.unroll(MR):
                                 for ni in T.unroll(NR):
                                     n = T.bind((p * NB + nb) * NR + ni)
