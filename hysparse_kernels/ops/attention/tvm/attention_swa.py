@@ -157,7 +157,7 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
             for r in range(R):
                 for l in VEC(JV):
                     Mx[r, l] = NEGC
-            for jo in range(T.ceildiv(Ib[1], JV)):  # the band's tiles of JV keys
+            for jo in range(T.ceildiv(Ib[1], KC) // KPT):  # the band's tiles of JV keys
                 for ro in range(R // RT):
                     for ri in T.unroll(RT):
                         for ji in VEC(JV):
@@ -175,6 +175,27 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
                                 and (Ib[0] + jo * JV + ji > off + q0 + (ro * RT + ri) % BM - window),
                                 Creg[ri * JV + ji], NEGC)
                             Mx[ro * RT + ri, ji] = T.max(Mx[ro * RT + ri, ji], Ss[ro * RT + ri, jo * JV + ji])
+            if KPT > 1:
+                # the band's last chunks when they do not fill a tile: a tile of one chunk (the
+                # softmax and P @ V read whole chunks only)
+                for jr in range(T.ceildiv(Ib[1], KC) % KPT):
+                    for ro in range(R // RT):
+                        for ri in T.unroll(RT):
+                            for ji in VEC(KC):
+                                Creg[ri * KC + ji] = f32(0.0)
+                        for d in range(DQK):
+                            for ri in T.unroll(RT):
+                                for ji in VEC(KC):
+                                    Creg[ri * KC + ji] = Creg[ri * KC + ji] + Qs[ro * RT + ri, d] * Kt[
+                                        b, hk, Ib[0] // KC + T.ceildiv(Ib[1], KC) // KPT * KPT + jr, d, ji]
+                        for ri in T.unroll(RT):
+                            for ji in VEC(KC):
+                                Ss[ro * RT + ri, (T.ceildiv(Ib[1], KC) // KPT * KPT + jr) * KC + ji] = T.Select(
+                                    (q0 + (ro * RT + ri) % BM < Sq)
+                                    and (Ib[0] + (T.ceildiv(Ib[1], KC) // KPT * KPT + jr) * KC + ji <= off + q0 + (ro * RT + ri) % BM)
+                                    and (Ib[0] + (T.ceildiv(Ib[1], KC) // KPT * KPT + jr) * KC + ji > off + q0 + (ro * RT + ri) % BM - window),
+                                    Creg[ri * KC + ji], NEGC)
+                                Mx[ro * RT + ri, ji] = T.max(Mx[ro * RT + ri, ji], Ss[ro * RT + ri, (T.ceildiv(Ib[1], KC) // KPT * KPT + jr) * KC + ji])
             # exact softmax per row: P = exp(S - max), exactly 0 where masked (whatever S held)
             for r in range(R):
                 Sc[0] = NEGC
