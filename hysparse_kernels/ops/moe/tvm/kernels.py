@@ -31,6 +31,8 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from ....backends.tvm.target import cpu_target_spec
+
 VECTOR_BYTES = 32  # one AVX2 register: 8 float32 or 4 float64 lanes
 
 
@@ -188,5 +190,6 @@ def combine_func(D: int, K_SLOTS: int, P: int, dtype: str = "float32", YS: int |
 
 
 def target(num_cores: int) -> "tvm.target.Target":
-    """The host CPU as an llvm target (JSON form; TVM 0.27 rejects target strings)."""
-    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": num_cores})
+    """The CPU target of every TVM kernel (``HYSPARSE_TVM_TARGET``, else llvm for this host) with
+    ``num_cores`` (JSON form; TVM 0.27 rejects target strings)."""
+    return tvm.target.Target({**cpu_target_spec(), "num-cores": num_cores})

@@ -89,10 +89,12 @@ def _split(N: int, nr: int, threads: int) -> tuple[int, int]:
 
 
 def _build(key: tuple, make):
+    tgt = K.target(num_threads())
+    key = (*key, str(tgt))  # HYSPARSE_TVM_TARGET may change within a process (tests, benchmarks)
     with _lock:
         lib = _cache.get(key)
         if lib is None:
-            lib = tvm.tirx.build(make(), target=K.target(num_threads()))
+            lib = tvm.tirx.build(make(), target=tgt)
             _cache[key] = lib
     return lib
 
