@@ -1,6 +1,7 @@
 """The `hysparse` command line: top-level help, `info`, and frozen options."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,6 +47,16 @@ def test_info_json(capsys):
     if info["backends"][2]["installed"]:  # tvm: the policy's count, and what TVM's runtime reports
         assert th["tvm"]["threads"] == th["tvm"]["tvm_runtime_threads"] >= 1
         assert th["tvm"]["pool"] >= th["tvm"]["threads"]
+        pool = th["output_pool"]  # the CPU kernels' output pool: its budget from the environment
+        assert pool["budget_mb"] == (int(os.environ.get("HYSPARSE_OUTPUT_POOL_MB", "512")) if pool["available"] else 0)
+        assert pool["in_use_mb"] >= 0 and pool["free_mb"] >= 0
+
+
+def test_info_table_shows_the_output_pool(capsys, monkeypatch):
+    pytest.importorskip("tvm")
+    monkeypatch.setenv("HYSPARSE_OUTPUT_POOL_MB", "0")
+    assert cli.main(["info"]) == 0
+    assert "CPU kernel output pool off (HYSPARSE_OUTPUT_POOL_MB=0" in capsys.readouterr().out
 
 
 def test_info_options_are_frozen():

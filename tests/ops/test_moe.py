@@ -218,3 +218,13 @@ def test_moe_triton_gradients_match_reference():
 def test_moe_triton_gpu_large(T):
     for dtype, atol in DTYPES[:2]:
         _check_moe((T, 64, 8, 1024, 512), dtype, atol)
+
+
+@requires("tvm")
+def test_moe_kernels_build_for_the_toolkits_cpu_target(monkeypatch):
+    """HYSPARSE_TVM_TARGET reaches the MoE kernels as it does the attention kernels."""
+    from hysparse_kernels.ops.moe.tvm import kernels as moe_kernels
+
+    monkeypatch.setenv("HYSPARSE_TVM_TARGET", '{"kind": "llvm", "mcpu": "znver3"}')
+    tgt = moe_kernels.target(2)
+    assert str(tgt.attrs["mcpu"]) == "znver3" and int(tgt.attrs["num-cores"]) == 2
