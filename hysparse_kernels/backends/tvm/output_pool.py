@@ -27,6 +27,8 @@ import threading
 
 import torch
 
+from .threads import env_int
+
 ENV_POOL_MB = "HYSPARSE_OUTPUT_POOL_MB"
 DEFAULT_POOL_MB = 512
 # Smallest pooled block: glibc's largest mmap threshold (4 Mi x sizeof(long)); below it freed
@@ -40,16 +42,8 @@ _blocks: list[torch.UntypedStorage] = []  # every pooled storage, in use or free
 
 def budget_bytes() -> int:
     """The pool's byte budget from ``HYSPARSE_OUTPUT_POOL_MB`` (0: off). Bad values raise."""
-    raw = os.environ.get(ENV_POOL_MB)
-    if raw is None or raw.strip() == "":
-        mb = DEFAULT_POOL_MB
-    else:
-        try:
-            mb = int(raw)
-        except ValueError:
-            raise ValueError(f"{ENV_POOL_MB} must be a whole number of MiB (0 turns the pool off), got {raw!r}") from None
-        if mb < 0:
-            raise ValueError(f"{ENV_POOL_MB} must be >= 0 (0 turns the pool off), got {mb}")
+    mb = env_int(os.environ, ENV_POOL_MB, minimum=0)  # MiB; 0 turns the pool off
+    mb = DEFAULT_POOL_MB if mb is None else mb
     return mb << 20 if _use_count is not None else 0
 
 

@@ -92,16 +92,19 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+def env_int(env: Mapping[str, str], name: str, minimum: int = 1) -> int | None:
+    """The integer setting ``name`` of ``env`` (``None`` when unset or blank); a value that is not
+    an integer, or is below ``minimum``, raises ``ValueError`` naming the variable."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return None
+    want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name}: expected a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {raw!r}")
+        raise ValueError(f"{name}: expected {want}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name}: expected {want}, got {raw!r}")
     return value
 
 
@@ -117,7 +120,7 @@ def plan_threads(env: Mapping[str, str], torch_threads: int, cores: int) -> Thre
         raise ValueError(f"cores: expected >= 1, got {cores}")
     spin = env.get(ENV_SPIN) or "0"
     bind = env.get(ENV_BIND) or "0"
-    user = _positive_int(env, ENV_THREADS)
+    user = env_int(env, ENV_THREADS)
     if user is not None:
         return ThreadPlan(user, user, ENV_THREADS, spin, bind)
     return ThreadPlan(cores, min(torch_threads, cores), "torch.get_num_threads()", spin, bind)
