@@ -96,6 +96,19 @@ def test_output_pool_keeps_within_its_budget_and_releases(small_pool):
     assert small_pool.release() == 3 << 20 and not small_pool._blocks
 
 
+def test_output_pool_never_reuses_memory_shared_with_another_process(small_pool):
+    n = (1 << 20) // 4
+    a = W.fresh((n,))
+    ptr = a.data_ptr()
+    a.share_memory_()  # as torch.multiprocessing does before sending it: another process may hold it
+    a.fill_(7.0)
+    shared_ptr = a.data_ptr()
+    del a
+    b = W.fresh((n,))
+    assert b.data_ptr() not in (ptr, shared_ptr) and not b.untyped_storage().is_shared()
+    assert len(small_pool._blocks) == 1  # the shared block left the pool
+
+
 def test_output_pool_off_and_bad_settings(small_pool, monkeypatch):
     monkeypatch.setenv(small_pool.ENV_POOL_MB, "0")
     a = W.fresh(((1 << 20) // 4,))

@@ -11,7 +11,8 @@ freed), so only larger blocks are pooled here.
 How: the pool holds the storage of every large output it handed out (up to a byte budget). The
 caller's tensor (and any view, autograd's saved tensors, a NumPy array made from it) holds a
 reference to that storage; a block is free again only when the pool's own reference is the last
-one (``_storage_Use_Count == 1``), which is exactly when the caller can no longer reach the memory.
+one (``_storage_Use_Count == 1``), which is exactly when the caller can no longer reach the memory
+in this process; a block moved to shared memory (sent to another process) leaves the pool.
 A free block is handed out again for a request of at least half its size. Contents of a pooled
 output are undefined, as for ``torch.empty``.
 
@@ -51,6 +52,21 @@ def _free(s: torch.UntypedStorage) -> bool:
     return _use_count(s._cdata) == 1  # only the pool's reference is left
 
 
+def _drop_shared() -> None:
+    """Forget blocks a caller moved to shared memory (``share_memory_``, sending the tensor to
+    another process): another process may still read them, whatever this one holds. Under _lock."""
+    _blocks[:] = [s for s in _blocks if not s.is_shared()]
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def take(shape, dtype: torch.dtype) -> torch.Tensor | None:
     """A contiguous CPU tensor of ``shape`` / ``dtype`` on pooled memory, or ``None`` when the
     request is small (below :data:`MIN_BYTES`), the pool is off, or its budget is spent by blocks
@@ -63,6 +79,7 @@ def take(shape, dtype: torch.dtype) -> torch.Tensor | None:
     if nbytes > budget:
         return None
     with _lock:
+        _drop_shared()
         free = [s for s in _blocks if _free(s) and nbytes <= s.nbytes() <= 2 * nbytes]
         if free:
             block = min(free, key=lambda s: s.nbytes())
