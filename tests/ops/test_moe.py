@@ -223,8 +223,14 @@ def test_moe_triton_gpu_large(T):
 @requires("tvm")
 def test_moe_kernels_build_for_the_toolkits_cpu_target(monkeypatch):
     """HYSPARSE_TVM_TARGET reaches the MoE kernels as it does the attention kernels."""
+    from hysparse_kernels.backends.tvm.target import cpu_target_spec
     from hysparse_kernels.ops.moe.tvm import kernels as moe_kernels
 
     monkeypatch.setenv("HYSPARSE_TVM_TARGET", '{"kind": "llvm", "mcpu": "znver3"}')
-    tgt = moe_kernels.target(2)
+    cpu_target_spec.cache_clear()  # the target is read once per process
+    try:
+        tgt = moe_kernels.target(2)
+    finally:
+        monkeypatch.undo()
+        cpu_target_spec.cache_clear()
     assert str(tgt.attrs["mcpu"]) == "znver3" and int(tgt.attrs["num-cores"]) == 2

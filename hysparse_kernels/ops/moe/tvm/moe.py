@@ -90,7 +90,7 @@ def _split(N: int, nr: int, threads: int) -> tuple[int, int]:
 
 def _build(key: tuple, make):
     tgt = K.target(num_threads())
-    key = (*key, str(tgt))  # HYSPARSE_TVM_TARGET may change within a process (tests, benchmarks)
+    key = (*key, str(tgt))  # what was built for: the toolkit's CPU target and thread count
     with _lock:
         lib = _cache.get(key)
         if lib is None:
