@@ -72,7 +72,7 @@ def take(shape, dtype: torch.dtype) -> torch.Tensor | None:
     request is small (below :data:`MIN_BYTES`), the pool is off, or its budget is spent by blocks
     in use (the caller then allocates as usual)."""
     shape = tuple(int(n) for n in shape)
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     if nbytes < MIN_BYTES:
         return None
     budget = budget_bytes()
