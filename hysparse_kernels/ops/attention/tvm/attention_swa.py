@@ -11,10 +11,11 @@ per 128 and pay the softmax bookkeeping per tile.
 
 Layout
 ------
-* ``prep``: ``kt [B, Hkv, Dqk, Skp]`` (K transposed, fp32, zero beyond ``Sk``), so a band is a
-  contiguous (unaligned) slice of every row of K^T whatever its start; ``Skp`` leaves room for a
-  full band past the end and is padded off multiples of 1024 floats so the ``Dqk`` rows of K^T
-  do not all map to the same L1 sets.
+* ``prep``: ``kt [B, Hkv, NC, Dqk, 16]``, K transposed in chunks of 16 keys (fp32, zero past
+  ``Sk``, room for a whole band past the end): a band starts on a chunk, and each chunk is one
+  contiguous ``[Dqk, 16]`` block; and per chunk whether V holds NaN or +-inf there. (Writing the
+  chunks with one strided torch copy instead, and only the flags here, made an 8K prefill 6 ms
+  slower.)
 * ``main``: ``S = Qs @ K^T[:, band]`` (register tiles of RT rows x JV keys, outer products over
   ``Dqk``), masked softmax per row, ``O = P @ V[band]`` (RT rows x EV lanes; V read in place).
 
