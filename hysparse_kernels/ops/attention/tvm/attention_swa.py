@@ -13,9 +13,11 @@ Layout
 ------
 * ``prep``: ``kt [B, Hkv, NC, Dqk, 16]``, K transposed in chunks of 16 keys (fp32, zero past
   ``Sk``, room for a whole band past the end): a band starts on a chunk, and each chunk is one
-  contiguous ``[Dqk, 16]`` block; and per chunk whether V holds NaN or +-inf there. (Writing the
-  chunks with one strided torch copy instead, and only the flags here, made an 8K prefill 6 ms
-  slower.)
+  contiguous ``[Dqk, 16]`` block; and per chunk whether V holds NaN or +-inf there. The
+  transpose goes through a 16 x 16 scratch block (rows in as vectors, columns out), which LLVM
+  turns into register permutes: prep 6.9 -> 5.0 ms at 8K (2 threads), where an element-by-element
+  copy ran scalar. (Writing the chunks with one strided torch copy instead, and only the flags
+  here, made an 8K prefill 6 ms slower.)
 * ``main``: ``S = Qs @ K^T[:, band]`` (register tiles of RT rows x JV keys, outer products over
   ``Dqk``), masked softmax per row, ``O = P @ V[band]`` (RT rows x EV lanes; V read in place).
 
@@ -82,12 +84,21 @@ def build_swa(*, dqk: int, dv: int, group: int, bm: int, span: int, dtype: str, 
         Bad = T.match_buffer(bad_h, (B, Hkv, NC), "float32")  # 1 where a chunk of V holds NaN or +-inf
         for task in PAR(B * Hkv * NC):
             Fl = T.alloc_buffer((EV,), "float32", scope=SCOPE)
+            Tb = T.alloc_buffer((KC * KC,), "float32", scope=SCOPE)
             b = task // (Hkv * NC)
             hk = task // NC % Hkv
             c = task % NC
-            # [KC, Dqk] rows of K -> one contiguous [Dqk, KC] chunk of K^T
+            # [KC, Dqk] rows of K -> one contiguous [Dqk, KC] chunk of K^T, a 16 x 16 block at a time
+            for d0 in range(DQK // KC):
+                for jj in T.unroll(KC):
+                    for l in VEC(KC):
+                        Tb[jj * KC + l] = T.if_then_else(
+                            c * KC + jj < Sk, T.Cast("float32", K[b, hk, T.min(c * KC + jj, Sk - 1), d0 * KC + l]), f32(0.0))
+                for i in T.unroll(KC):
+                    for l in VEC(KC):
+                        Kt[b, hk, c, d0 * KC + i, l] = Tb[l * KC + i]
             for jj in range(KC):
-                for d in range(DQK):
+                for d in range(DQK // KC * KC, DQK):
                     Kt[b, hk, c, d, jj] = T.if_then_else(
                         c * KC + jj < Sk, T.Cast("float32", K[b, hk, T.min(c * KC + jj, Sk - 1), d]), f32(0.0))
             # |x| <= FLT_MAX fails for NaN and +-inf (an ordered comparison); EV-lane partial maxima
