@@ -14,9 +14,9 @@ Layout
 * ``prep``: ``kt [B, Hkv, NC, Dqk, 16]``, K transposed in chunks of 16 keys (fp32, zero past
   ``Sk``, room for a whole band past the end): a band starts on a chunk, and each chunk is one
   contiguous ``[Dqk, 16]`` block; and per chunk whether V holds NaN or +-inf there. The
-  transpose goes through a 16 x 16 scratch block (rows in as vectors, columns out), which LLVM
-  turns into register permutes: prep 6.9 -> 5.0 ms at 8K (2 threads), where an element-by-element
-  copy ran scalar. (Writing the chunks with one strided torch copy instead, and only the flags
+  transpose goes through a 16 x 16 scratch block (rows in as vector loads, columns out as vector
+  stores that LLVM assembles with element inserts): prep 6.9 -> 5.0 ms at 8K (2 threads), where
+  an element-by-element copy ran scalar loads and stores. (Writing the chunks with one strided torch copy instead, and only the flags
   here, made an 8K prefill 6 ms slower.)
 * ``main``: ``S = Qs @ K^T[:, band]`` (register tiles of RT rows x JV keys, outer products over
   ``Dqk``), masked softmax per row, ``O = P @ V[band]`` (RT rows x EV lanes; V read in place).
