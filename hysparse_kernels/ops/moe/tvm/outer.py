@@ -87,6 +87,16 @@ def gate_up_blocks_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str =
         hv = g / (T.float32(1) + _exp_f32(-g)) * u
         return hv if dtype == "float32" else T.Cast("float32", T.Cast(dtype, hv))
 
+    @T.macro
+    def step(ag, au, W, XB, e, row0, rows, blk, k):
+        """One k of a register tile: weight rows [row0, row0 + rows) of gate and up, times the
+        block's MV rows of x."""
+        for i in T.unroll(rows):
+            ag[T.Ramp(i * MV, 1, MV)] = ag[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
+                _w(W, e, row0 + i, k, dtype), MV) * XB[blk, k, T.Ramp(0, 1, MV)]
+            au[T.Ramp(i * MV, 1, MV)] = au[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
+                _w(W, e, N + row0 + i, k, dtype), MV) * XB[blk, k, T.Ramp(0, 1, MV)]
+
     @T.prim_func
     def kernel(xb_h: T.handle, w_h: T.handle, boff_h: T.handle, hb_h: T.handle):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
@@ -115,17 +125,9 @@ def gate_up_blocks_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str =
                                 T.evaluate(_prefetch(T.address_of(W[e, (c0 + nb + 1) * NR + i, ko * LINE])))
                                 T.evaluate(_prefetch(T.address_of(W[e, N + (c0 + nb + 1) * NR + i, ko * LINE])))
                         for ki in T.serial(LINE):
-                            for i in T.unroll(NR):
-                                ag[T.Ramp(i * MV, 1, MV)] = ag[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                    _w(W, e, (c0 + nb) * NR + i, ko * LINE + ki, dtype), MV) * XB[b0 + mb, ko * LINE + ki, T.Ramp(0, 1, MV)]
-                                au[T.Ramp(i * MV, 1, MV)] = au[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                    _w(W, e, N + (c0 + nb) * NR + i, ko * LINE + ki, dtype), MV) * XB[b0 + mb, ko * LINE + ki, T.Ramp(0, 1, MV)]
+                            step(ag, au, W, XB, e, (c0 + nb) * NR, NR, b0 + mb, ko * LINE + ki)
                     for kr in T.serial(KR):
-                        for i in T.unroll(NR):
-                            ag[T.Ramp(i * MV, 1, MV)] = ag[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                _w(W, e, (c0 + nb) * NR + i, KO * LINE + kr, dtype), MV) * XB[b0 + mb, KO * LINE + kr, T.Ramp(0, 1, MV)]
-                            au[T.Ramp(i * MV, 1, MV)] = au[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                _w(W, e, N + (c0 + nb) * NR + i, KO * LINE + kr, dtype), MV) * XB[b0 + mb, KO * LINE + kr, T.Ramp(0, 1, MV)]
+                        step(ag, au, W, XB, e, (c0 + nb) * NR, NR, b0 + mb, KO * LINE + kr)
                     for i in T.unroll(NR):
                         for j in T.vectorized(MV):
                             HB[b0 + mb, (c0 + nb) * NR + i, j] = h_of(ag[i * MV + j], au[i * MV + j])
@@ -136,10 +138,7 @@ def gate_up_blocks_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str =
                             ag[T.Ramp(0, 1, MV)] = T.Broadcast(T.float32(0), MV)
                             au[T.Ramp(0, 1, MV)] = T.Broadcast(T.float32(0), MV)
                             for k in T.serial(K):
-                                ag[T.Ramp(0, 1, MV)] = ag[T.Ramp(0, 1, MV)] + T.Broadcast(
-                                    _w(W, e, NBT * NR + i, k, dtype), MV) * XB[b0 + mb, k, T.Ramp(0, 1, MV)]
-                                au[T.Ramp(0, 1, MV)] = au[T.Ramp(0, 1, MV)] + T.Broadcast(
-                                    _w(W, e, N + NBT * NR + i, k, dtype), MV) * XB[b0 + mb, k, T.Ramp(0, 1, MV)]
+                                step(ag, au, W, XB, e, NBT * NR + i, 1, b0 + mb, k)
                             for j in T.vectorized(MV):
                                 HB[b0 + mb, NBT * NR + i, j] = h_of(ag[j], au[j])
 
@@ -156,6 +155,13 @@ def down_blocks_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str = "f
     HBR = NR - HA  # and in the second
     HBN = max(HBR, 1)
     YS = y_stride(N)
+
+    @T.macro
+    def step(acc, W, HB, e, row0, rows, blk, k):
+        """One k of a register tile: weight rows [row0, row0 + rows) times the block's MV rows of h."""
+        for i in T.unroll(rows):
+            acc[T.Ramp(i * MV, 1, MV)] = acc[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
+                _w(W, e, row0 + i, k, dtype), MV) * HB[blk, k, T.Ramp(0, 1, MV)]
 
     @T.prim_func
     def kernel(hb_h: T.handle, w_h: T.handle, off_h: T.handle, boff_h: T.handle, scale_h: T.handle, y_h: T.handle):
@@ -189,19 +195,11 @@ def down_blocks_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str = "f
                             for i in T.unroll(NR):
                                 T.evaluate(_prefetch(T.address_of(W[e, (c0 + nb + 1) * NR + i, ko * LINE])))
                         for ki in T.serial(LINE):
-                            for i in T.unroll(HA):
-                                aa[T.Ramp(i * MV, 1, MV)] = aa[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                    _w(W, e, (c0 + nb) * NR + i, ko * LINE + ki, dtype), MV) * HB[b0 + mb, ko * LINE + ki, T.Ramp(0, 1, MV)]
-                            for i in T.unroll(HBR):
-                                ab[T.Ramp(i * MV, 1, MV)] = ab[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                    _w(W, e, (c0 + nb) * NR + HA + i, ko * LINE + ki, dtype), MV) * HB[b0 + mb, ko * LINE + ki, T.Ramp(0, 1, MV)]
+                            step(aa, W, HB, e, (c0 + nb) * NR, HA, b0 + mb, ko * LINE + ki)
+                            step(ab, W, HB, e, (c0 + nb) * NR + HA, HBR, b0 + mb, ko * LINE + ki)
                     for kr in T.serial(KR):
-                        for i in T.unroll(HA):
-                            aa[T.Ramp(i * MV, 1, MV)] = aa[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                _w(W, e, (c0 + nb) * NR + i, KO * LINE + kr, dtype), MV) * HB[b0 + mb, KO * LINE + kr, T.Ramp(0, 1, MV)]
-                        for i in T.unroll(HBR):
-                            ab[T.Ramp(i * MV, 1, MV)] = ab[T.Ramp(i * MV, 1, MV)] + T.Broadcast(
-                                _w(W, e, (c0 + nb) * NR + HA + i, KO * LINE + kr, dtype), MV) * HB[b0 + mb, KO * LINE + kr, T.Ramp(0, 1, MV)]
+                        step(aa, W, HB, e, (c0 + nb) * NR, HA, b0 + mb, KO * LINE + kr)
+                        step(ab, W, HB, e, (c0 + nb) * NR + HA, HBR, b0 + mb, KO * LINE + kr)
                     for j in T.serial(T.min(MV, cnt - mb * MV)):
                         for i in T.unroll(HA):
                             Y[lo + mb * MV + j, (c0 + nb) * NR + i] = aa[i * MV + j] * SCALE[lo + mb * MV + j]
@@ -213,8 +211,7 @@ def down_blocks_func(E: int, N: int, K: int, *, NR: int, P: int, dtype: str = "f
                         for mb in T.serial(BOFF[e + 1] - b0):
                             aa[T.Ramp(0, 1, MV)] = T.Broadcast(T.float32(0), MV)
                             for k in T.serial(K):
-                                aa[T.Ramp(0, 1, MV)] = aa[T.Ramp(0, 1, MV)] + T.Broadcast(
-                                    _w(W, e, NBT * NR + i, k, dtype), MV) * HB[b0 + mb, k, T.Ramp(0, 1, MV)]
+                                step(aa, W, HB, e, NBT * NR + i, 1, b0 + mb, k)
                             for j in T.serial(T.min(MV, cnt - mb * MV)):
                                 Y[lo + mb * MV + j, NBT * NR + i] = aa[j] * SCALE[lo + mb * MV + j]
 
