@@ -107,6 +107,17 @@ def test_output_pool_never_reuses_memory_shared_with_another_process(small_pool)
     assert len(small_pool._blocks) == 1  # the shared block left the pool
 
 
+def test_output_pool_is_off_without_the_use_count_hook(small_pool, monkeypatch):
+    """A torch without ``_storage_Use_Count`` cannot tell when a block is free: every output new."""
+    monkeypatch.setattr(small_pool, "_use_count", None)
+    assert small_pool.budget_bytes() == 0
+    n = (1 << 20) // 4
+    a = W.fresh((n,))
+    del a
+    b = W.fresh((n,))
+    assert b.numel() == n and not small_pool._blocks and not small_pool.describe()["available"]
+
+
 def test_output_pool_off_and_bad_settings(small_pool, monkeypatch):
     monkeypatch.setenv(small_pool.ENV_POOL_MB, "0")
     a = W.fresh(((1 << 20) // 4,))

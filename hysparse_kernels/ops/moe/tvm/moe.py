@@ -65,10 +65,6 @@ BLAS_ROWS = 256
 # empty. Register tiles (weight rows): gate/up 3 (x2 gate and up: 12 accumulators of two ymm),
 # down 6 on AVX2; 4 and 8 (16 accumulators of two zmm) with AVX-512's 32 registers.
 OP_ROWS = 16
-
-
-def _op_nr(wide: bool) -> dict[str, int]:
-    return {"gate_up": 4, "down": 8} if wide else {"gate_up": 3, "down": 6}
 # The same knobs as a launch config (what the autotune cache stores for moe_fwd).
 HEURISTIC = {"gate_up_mr": _TILES["gate_up"][0], "gate_up_nr": _TILES["gate_up"][1], "down_mr": _TILES["down"][0],
              "down_nr": _TILES["down"][1], "mt": _MT}
@@ -114,8 +110,14 @@ def op_rows_per_vector() -> int:
     return 2 * O.OP_MV if wide_registers() else O.OP_MV
 
 
+def _op_nr(wide: bool) -> dict[str, int]:
+    """Weight rows per outer-product register tile (see OP_ROWS): AVX-512 tiles for 32-row vectors."""
+    return {"gate_up": 4, "down": 8} if wide else {"gate_up": 3, "down": 6}
+
+
 def _op_libs(E: int, D: int, inter: int, dtype: str, mv: int):
-    """(pack, gate/up, down) outer-product kernels for these sizes (see kernels.py)."""
+    """(pack, gate/up, down) outer-product kernels for these sizes and ``mv`` rows per vector
+    (see outer.py)."""
     p = num_threads()
     nr = _op_nr(mv > O.OP_MV)
     slices = {m: (p if n // nr[m] >= p else 1) for m, n in (("gate_up", inter), ("down", D))}
